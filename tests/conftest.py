@@ -1,0 +1,90 @@
+"""Shared fixtures: a real control plane per test session, a namespace per test."""
+
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "cluster"))
+
+from controlplane import ROOT, ControlPlane, wait_for
+
+from finetune_operator import constants as c
+
+CRD_FILE = ROOT / "manifests" / "crd" / "finetune.dev_finetunejobs.yaml"
+
+
+@dataclass
+class Cluster:
+    """A running control plane and clients for it."""
+
+    plane: ControlPlane
+    api: client.ApiClient
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> Any:
+        return self.plane.kubectl(*args, input=input, check=check)
+
+    def create_job(self, namespace: str, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        out: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            c.GROUP, c.VERSION, namespace, c.PLURAL, body, **kw
+        )
+        return out
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any]:
+        out: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            c.GROUP, c.VERSION, namespace, c.PLURAL, name
+        )
+        return out
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    plane = ControlPlane(tmp_path_factory.mktemp("controlplane")).start()
+    try:
+        plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{c.CRD_NAME}")
+        api = config.new_client_from_config(config_file=str(plane.kubeconfig_path))
+        yield Cluster(plane, api)
+        api.close()
+    finally:
+        plane.stop()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace that enforces the "restricted" Pod Security Standard."""
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{stem}-{uuid.uuid4().hex[:6]}"
+    cluster.core.create_namespace(
+        client.V1Namespace(
+            metadata=client.V1ObjectMeta(
+                name=name,
+                labels={"pod-security.kubernetes.io/enforce": "restricted"},
+            )
+        )
+    )
+    # Pods can only be created once the service-account controller has made
+    # the namespace's default ServiceAccount.
+    wait_for(
+        lambda: cluster.core.read_namespaced_service_account("default", name) is not None,
+        60,
+        f"default ServiceAccount in {name}",
+    )
+    yield name
+    cluster.core.delete_namespace(name)
