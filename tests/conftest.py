@@ -14,6 +14,7 @@ import pytest
 from kubernetes import client, config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cluster"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from controlplane import ROOT, ControlPlane, wait_for
 
@@ -88,3 +89,36 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     )
     yield name
     cluster.core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real MinIO server on loopback for the whole session."""
+    from s3.server import S3Server  # type: ignore[import-not-found]
+
+    from controlplane import free_port
+
+    server = S3Server(tmp_path_factory.mktemp("minio"), free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trainer_support import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def mrpc_in_s3(s3: Any, tiny_model: Path) -> dict[str, str]:
+    """MRPC train/dev and the tiny model in MinIO; returns their URIs."""
+    from trainer_support import MRPC, ensure_bucket, upload_dir
+
+    client = s3.client()
+    for bucket in ("data", "models", "ckpt"):
+        ensure_bucket(client, bucket)
+    for name in ("train.tsv", "dev.tsv"):
+        client.upload_file(str(MRPC / name), "data", f"mrpc/{name}")
+    upload_dir(client, tiny_model, "models", "tiny-bert")
+    return {"data": "s3://data/mrpc/", "model": "s3://models/tiny-bert"}

@@ -1,0 +1,17 @@
+"""Readable messages for validation errors of the API models."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+
+def describe_validation_error(error: ValidationError, prefix: str) -> str:
+    """One line per problem, each naming the field as the CRD does (spec.training.lr)."""
+    lines = []
+    for item in error.errors():
+        path = ".".join([prefix, *(str(p) for p in item["loc"])])
+        if item["type"] == "extra_forbidden":
+            lines.append(f'unknown field "{path}"')
+        else:
+            lines.append(f"{path}: {item['msg']}")
+    return "; ".join(lines)

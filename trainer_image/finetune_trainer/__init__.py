@@ -1,0 +1,1 @@
+"""What runs inside every training pod: config → data → model → loop → checkpoints → metrics."""

@@ -1,0 +1,214 @@
+"""Checkpoints in S3 (or a volume): atomic commits, verified restores, retention.
+
+A checkpoint is a folder `step-NNNNNNNNN/` under the job's checkpoint URI.
+Its files are uploaded first; `manifest.json`, listing each file's size and
+SHA-256, is written last. A folder without a manifest is not a checkpoint:
+an upload killed half-way is never used. Restores verify every file and fall
+back to the previous checkpoint when one is damaged. Old checkpoints are
+deleted (manifest first) only after a newer one is committed.
+
+Uploads run in a background thread, so training waits only for the local
+snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from finetune_operator.api.types import S3Spec
+
+from .errors import RetryableError
+from .storage import S3Store, Store, open_store
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+def step_dir(step: int) -> str:
+    return f"step-{step:09d}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Committed:
+    step: int
+    folder: str
+    manifest: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return dict(self.manifest.get("metrics") or {})
+
+
+class DamagedCheckpoint(Exception):
+    pass
+
+
+class CheckpointStore:
+    def __init__(self, uri: str, s3: S3Spec | None, keep: int = 3, keep_best: bool = False,
+                 best_metric: str = "loss") -> None:
+        self.uri = uri.rstrip("/")
+        self.store: Store = open_store(self.uri, s3)
+        self.keep = keep
+        self.keep_best = keep_best
+        self.best_metric = best_metric
+
+    # --- reading -----------------------------------------------------------------
+
+    def committed(self) -> list[Committed]:
+        """Committed checkpoints, oldest first."""
+        out = []
+        for obj in self.store.list():
+            folder, _, name = obj.key.rpartition("/")
+            if name != MANIFEST or not folder.startswith("step-"):
+                continue
+            try:
+                manifest = json.loads(self.store.get_bytes(obj.key))
+                out.append(Committed(int(manifest["step"]), folder, manifest))
+            except (ValueError, KeyError) as e:
+                log.warning("ignoring checkpoint %s: unreadable manifest (%s)", folder, e)
+        return sorted(out, key=lambda c: c.step)
+
+    def download(self, ckpt: Committed, dest: Path) -> Path:
+        """Fetch and verify one checkpoint; DamagedCheckpoint if any file is wrong."""
+        target = dest / ckpt.folder
+        if target.exists():
+            shutil.rmtree(target)
+        for name, meta in ckpt.manifest["files"].items():
+            path = target / name
+            try:
+                self.store.download_file(f"{ckpt.folder}/{name}", path)
+            except Exception as e:
+                raise DamagedCheckpoint(f"{name} cannot be read ({e})") from None
+            size = path.stat().st_size
+            if size != meta["size"]:
+                raise DamagedCheckpoint(f"{name} has {size} bytes, manifest says {meta['size']}")
+            if sha256_file(path) != meta["sha256"]:
+                raise DamagedCheckpoint(f"{name} does not match its SHA-256 in the manifest")
+        return target
+
+    def restore(self, dest: Path, step: int | None = None) -> tuple[Committed, Path] | None:
+        """The newest intact checkpoint (or the one at `step`), downloaded and verified."""
+        candidates = [c for c in self.committed() if step is None or c.step == step]
+        for ckpt in reversed(candidates):
+            try:
+                return ckpt, self.download(ckpt, dest)
+            except DamagedCheckpoint as e:
+                older = [c.step for c in candidates if c.step < ckpt.step]
+                fallback = f"falling back to {step_dir(older[-1])}" if older else "no older one"
+                log.warning("checkpoint %s is damaged: %s; %s", ckpt.folder, e, fallback)
+        return None
+
+    # --- writing -----------------------------------------------------------------
+
+    def commit(self, local: Path, step: int, metrics: dict[str, float] | None = None,
+               on_bytes: Callable[[int], None] | None = None) -> Committed:
+        folder = step_dir(step)
+        files: dict[str, dict[str, Any]] = {}
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            name = str(path.relative_to(local))
+            files[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+            self.store.upload_file(path, f"{folder}/{name}")
+            if on_bytes:
+                on_bytes(files[name]["size"])
+        manifest = {
+            "format": FORMAT,
+            "step": step,
+            "created": datetime.now(UTC).isoformat(),
+            "metrics": metrics or {},
+            "files": files,
+        }
+        # The manifest goes last: from this write on, the checkpoint exists.
+        self.store.put_bytes(f"{folder}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
+        committed = Committed(step, folder, manifest)
+        self.prune(committed)
+        return committed
+
+    def _best(self, committed: list[Committed]) -> Committed | None:
+        scored = [c for c in committed if self.best_metric in c.metrics]
+        if not scored:
+            return None
+        lower = self.best_metric == "loss"
+        return (min if lower else max)(scored, key=lambda c: c.metrics[self.best_metric])
+
+    def prune(self, newest: Committed) -> None:
+        committed = self.committed()
+        keep = {c.step for c in committed[-self.keep:]} | {newest.step}
+        best = self._best(committed) if self.keep_best else None
+        if best is not None:
+            keep.add(best.step)
+        for c in committed:
+            if c.step not in keep:
+                # Manifest first: a half-deleted checkpoint is never taken for a good one.
+                self.store.delete([f"{c.folder}/{MANIFEST}"])
+                self.store.delete([f"{c.folder}/{name}" for name in c.manifest["files"]])
+        # Leftovers of uploads that died before their manifest was written.
+        committed_folders = {c.folder for c in committed}
+        stale = [o.key for o in self.store.list()
+                 if o.key.startswith("step-") and o.key.split("/", 1)[0] not in committed_folders
+                 and o.key.split("/", 1)[0] < newest.folder]
+        if stale:
+            self.store.delete(stale)
+
+    def abort_stale_uploads(self) -> int:
+        if isinstance(self.store, S3Store):
+            return self.store.abort_stale_uploads()
+        return 0
+
+
+class BackgroundUploader:
+    """Commits one checkpoint at a time in a thread; errors surface on the next call."""
+
+    def __init__(self, store: CheckpointStore,
+                 on_done: Callable[[Committed, float], None] | None = None,
+                 on_bytes: Callable[[int], None] | None = None) -> None:
+        self.store = store
+        self.on_done = on_done
+        self.on_bytes = on_bytes
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.last: Committed | None = None
+
+    def _run(self, local: Path, step: int, metrics: dict[str, float] | None) -> None:
+        started = time.monotonic()
+        try:
+            self.last = self.store.commit(local, step, metrics, self.on_bytes)
+            if self.on_done:
+                self.on_done(self.last, time.monotonic() - started)
+            shutil.rmtree(local, ignore_errors=True)
+        except BaseException as e:  # surfaced to the training thread
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RetryableError(f"checkpoint upload failed: {error}") from error
+
+    def submit(self, local: Path, step: int, metrics: dict[str, float] | None = None) -> None:
+        self.wait()
+        self._thread = threading.Thread(
+            target=self._run, args=(local, step, metrics), name="checkpoint-upload", daemon=True
+        )
+        self._thread.start()

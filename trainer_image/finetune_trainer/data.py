@@ -1,0 +1,393 @@
+"""Streaming training data: plan, shard, read, resume.
+
+The training files are cut into *units*: line-aligned byte ranges of jsonl,
+csv and tsv files (a unit owns every line that starts inside its range) or
+row groups of parquet files. Each epoch the units are shuffled with the seed
+and dealt round-robin to the ranks, so every example belongs to exactly one
+rank. A rank reads its units as a stream, in blocks of BLOCK examples
+shuffled with a seed derived from (seed, epoch, unit, block start).
+
+The read position is (epoch, unit index, block start, examples taken from the
+block). A resume seeks straight to the block start and re-reads at most one
+block: its cost does not depend on how far training got.
+
+Before the first epoch, one streaming pass counts the usable examples of each
+unit (exact epochs, schedule and ETA) and collects an evalFraction hold-out;
+both are saved with every checkpoint, so a resume does not repeat the pass.
+Rows with an empty text are skipped, as the Hugging Face recipe filters them.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from finetune_operator.api.types import DatasetSpec, FineTuneJobSpec
+
+from .errors import PermanentError
+from .storage import ObjectInfo, Store, iter_lines, resolve_files
+
+BLOCK = 512
+MIN_SHARD_BYTES = 64 * 1024
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
+           ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class Example:
+    texts: tuple[str, ...]
+    label: int
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A piece of one file: bytes [start, end) or parquet row group `start`."""
+
+    key: str
+    fmt: str
+    start: int
+    end: int
+
+    @property
+    def ident(self) -> str:
+        return f"{self.key}@{self.start}"
+
+
+@dataclass
+class Position:
+    """Where one rank is in its stream for the current epoch."""
+
+    epoch: int = 0
+    unit: int = 0
+    block_start: int | None = None
+    taken: int = 0
+
+
+@dataclass
+class DataIndex:
+    """What the counting pass learns; saved with each checkpoint."""
+
+    units: list[Unit]
+    counts: dict[str, int]
+    eval_examples: list[Example] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "units": [asdict(u) for u in self.units],
+            "counts": self.counts,
+            "eval": [[list(e.texts), e.label] for e in self.eval_examples],
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DataIndex:
+        return cls(
+            units=[Unit(**u) for u in doc["units"]],
+            counts={k: int(v) for k, v in doc["counts"].items()},
+            eval_examples=[Example(tuple(t), int(label)) for t, label in doc["eval"]],
+        )
+
+
+def file_format(key: str, declared: str) -> str:
+    if declared != "auto":
+        return declared
+    name = key.lower().removesuffix(".gz")
+    for ext, fmt in FORMATS.items():
+        if name.endswith(ext):
+            return fmt
+    raise PermanentError(
+        f"spec.dataset.format: cannot tell the format of {key!r} from its extension; "
+        "set format to jsonl, csv, tsv or parquet"
+    )
+
+
+def _stem(key: str) -> str:
+    return key.rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def split_files(files: list[ObjectInfo], split: str, fallback_all: bool) -> list[ObjectInfo]:
+    """Files of a split: those whose name starts with the split name."""
+    chosen = [f for f in files if _stem(f.key).startswith(split)]
+    if chosen:
+        return chosen
+    return files if fallback_all else []
+
+
+class Source:
+    """The dataset's files and how to read examples out of them."""
+
+    def __init__(self, spec: FineTuneJobSpec) -> None:
+        self.spec: DatasetSpec = spec.dataset
+        self.num_labels = spec.model.num_labels
+        self.label_names = spec.model.label_names or []
+        uri = self.spec.uri
+        if uri.startswith("hf://"):
+            raise PermanentError(
+                "spec.dataset.uri: hf:// datasets are not read by this trainer yet; copy the "
+                "dataset's files to s3:// or a volume and point spec.dataset.uri at them"
+            )
+        self.store, files = resolve_files(uri, spec.s3)
+        if not files:
+            raise PermanentError(f"spec.dataset.uri: no data files found at {uri}")
+        single = len(files) == 1
+        self.train_files = split_files(files, self.spec.train_split,
+                                       fallback_all=self.spec.eval_split is None or single)
+        self.eval_files: list[ObjectInfo] = []
+        if self.spec.eval_split:
+            pool = files
+            if single:
+                # A single file is the training split; evalSplit names a sibling.
+                parent = files[0].key.rsplit("/", 1)[0] if "/" in files[0].key else ""
+                _, pool = resolve_files(_sibling_uri(uri, parent), spec.s3)
+            self.eval_files = split_files(pool, self.spec.eval_split, fallback_all=False)
+            self.train_files = [f for f in self.train_files if f not in self.eval_files]
+            if not self.eval_files:
+                raise PermanentError(
+                    f"spec.dataset.evalSplit: no file named {self.spec.eval_split}* next to "
+                    f"the training data at {uri}"
+                )
+        if not self.train_files:
+            raise PermanentError(
+                f"spec.dataset.trainSplit: no file named {self.spec.train_split}* at {uri}"
+            )
+        self._headers: dict[str, list[str]] = {}
+
+    # --- planning ------------------------------------------------------------------
+
+    def plan_units(self, world_size: int, max_shard_bytes: int) -> list[Unit]:
+        total = sum(f.size for f in self.train_files)
+        target = max(MIN_SHARD_BYTES, min(max_shard_bytes, total // max(1, world_size * 4)))
+        units: list[Unit] = []
+        for f in sorted(self.train_files, key=lambda f: f.key):
+            fmt = file_format(f.key, self.spec.format)
+            if fmt == "parquet":
+                groups = self._parquet(f.key).metadata.num_row_groups
+                units += [Unit(f.key, fmt, g, g + 1) for g in range(groups)]
+            else:
+                units += [Unit(f.key, fmt, s, min(s + target, f.size))
+                          for s in range(0, f.size, target)]
+        return units
+
+    # --- reading -------------------------------------------------------------------
+
+    def _parquet(self, key: str) -> Any:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(io.BytesIO(self.store.get_bytes(key)))
+
+    def header(self, unit: Unit) -> list[str]:
+        if unit.key not in self._headers:
+            with self.store.read_range(unit.key, 0, None) as stream:
+                first = next(iter_lines(stream), b"")
+            self._headers[unit.key] = self._split(first.decode("utf-8-sig"), unit.fmt, None)
+            self._check_columns(self._headers[unit.key], unit.key)
+        return self._headers[unit.key]
+
+    @staticmethod
+    def _split(line: str, fmt: str, header: list[str] | None) -> list[str]:
+        line = line.rstrip("\r\n")
+        if fmt == "tsv":
+            return line.split("\t")
+        return next(csv.reader([line]), [])
+
+    def _check_columns(self, columns: list[str], where: str) -> None:
+        wanted = [*self.spec.text_columns, self.spec.label_column]
+        missing = [c for c in wanted if c not in columns]
+        if missing:
+            field_name = ("labelColumn" if missing == [self.spec.label_column]
+                          else "textColumns")
+            raise PermanentError(
+                f"spec.dataset.{field_name}: column {missing[0]!r} not found in {where}; "
+                f"the data has columns: {', '.join(columns)}"
+            )
+
+    def to_example(self, row: dict[str, Any], where: str) -> Example | None:
+        try:
+            texts = tuple(row[c] for c in self.spec.text_columns)
+            raw = row[self.spec.label_column]
+        except KeyError:
+            self._check_columns(list(row), where)
+            raise
+        if any(t is None or str(t).strip() == "" for t in texts):
+            return None
+        label = self._label(raw, where)
+        return Example(tuple(str(t) for t in texts), label)
+
+    def _label(self, raw: Any, where: str) -> int:
+        if isinstance(raw, str) and raw in self.label_names:
+            return self.label_names.index(raw)
+        try:
+            label = int(raw)
+            if isinstance(raw, float) and raw != label:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise PermanentError(
+                f"spec.dataset.labelColumn: label {raw!r} in {where} is not an integer"
+                + (f" or one of {self.label_names}" if self.label_names else "")
+            ) from None
+        if not 0 <= label < self.num_labels:
+            raise PermanentError(
+                f"spec.model.numLabels: label {label} in {where} is outside 0.."
+                f"{self.num_labels - 1}; raise numLabels or fix the data"
+            )
+        return label
+
+    def records(self, unit: Unit, block_start: int | None) -> Iterator[tuple[int, Example | None]]:
+        """(offset, example) for each record of a unit, from block_start on.
+
+        The offset is where the record starts (a byte offset, or a row number in
+        a parquet row group); it is what positions and hold-outs refer to.
+        """
+        where = unit.key
+        if unit.fmt == "parquet":
+            table = self._parquet(unit.key).read_row_group(unit.start)
+            if not hasattr(self, "_checked_" + unit.key):
+                self._check_columns(table.column_names, where)
+                setattr(self, "_checked_" + unit.key, True)
+            rows = table.to_pylist()
+            for i in range(block_start or 0, len(rows)):
+                yield i, self.to_example(rows[i], f"{where} row {i}")
+            return
+        header = self.header(unit) if unit.fmt in ("csv", "tsv") else None
+        begin = unit.start if block_start is None else block_start
+        skip_partial = block_start is None and unit.start > 0
+        read_from = begin - 1 if skip_partial else begin
+        with self.store.read_range(unit.key, read_from, None) as stream:
+            offset = read_from
+            lines = iter_lines(stream)
+            if skip_partial:
+                # The line running across our start belongs to the previous unit.
+                offset += len(next(lines, b""))
+            for raw in lines:
+                start = offset
+                offset += len(raw)
+                if start >= unit.end:
+                    break
+                if start == 0 and header is not None:
+                    continue
+                text = raw.decode("utf-8-sig" if start == 0 else "utf-8").strip()
+                if not text:
+                    continue
+                yield start, self._parse(text, unit.fmt, header, f"{where} at byte {start}")
+
+    def _parse(self, text: str, fmt: str, header: list[str] | None,
+               where: str) -> Example | None:
+        if fmt == "jsonl":
+            try:
+                row = json.loads(text)
+            except ValueError:
+                raise PermanentError(f"spec.dataset: {where} is not valid JSON") from None
+            if not isinstance(row, dict):
+                raise PermanentError(f"spec.dataset: {where} is not a JSON object")
+            return self.to_example(row, where)
+        assert header is not None
+        values = self._split(text, fmt, header)
+        return self.to_example(dict(zip(header, values, strict=False)), where)
+
+    def read_eval_files(self) -> list[Example]:
+        out: list[Example] = []
+        for f in sorted(self.eval_files, key=lambda f: f.key):
+            fmt = file_format(f.key, self.spec.format)
+            groups = self._parquet(f.key).metadata.num_row_groups if fmt == "parquet" else 1
+            for g in range(groups):
+                unit = Unit(f.key, fmt, g if fmt == "parquet" else 0,
+                            g + 1 if fmt == "parquet" else f.size)
+                out += [e for _, e in self.records(unit, None) if e is not None]
+        return out
+
+
+def _sibling_uri(uri: str, parent: str) -> str:
+    if uri.startswith("s3://"):
+        bucket = uri[len("s3://"):].split("/", 1)[0]
+        return f"s3://{bucket}/{parent}/" if parent else f"s3://{bucket}/"
+    scheme = uri.split("://", 1)[0]
+    if scheme == "pvc":
+        claim = uri[len("pvc://"):].split("/", 1)[0]
+        return f"pvc://{claim}/{parent}"
+    return f"file:///{parent}"
+
+
+def held_out(unit: Unit, offset: int, fraction: float | None) -> bool:
+    """Deterministically hold out about `fraction` of the examples for evaluation."""
+    if not fraction:
+        return False
+    digest = hashlib.blake2b(f"{unit.key}:{unit.start}:{offset}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") / 2**64 < fraction
+
+
+def count_units(source: Source, units: list[Unit], mine: list[int]) -> DataIndex:
+    """The counting pass over the units with the given indices."""
+    fraction = source.spec.eval_fraction
+    counts: dict[str, int] = {}
+    held: list[Example] = []
+    for i in mine:
+        unit = units[i]
+        n = 0
+        for offset, example in source.records(unit, None):
+            if example is None:
+                continue
+            if held_out(unit, offset, fraction):
+                held.append(example)
+            else:
+                n += 1
+        counts[unit.ident] = n
+    return DataIndex(units, counts, held)
+
+
+def epoch_assignment(units: list[Unit], epoch: int, seed: int, rank: int,
+                     world_size: int) -> list[Unit]:
+    """The units a rank reads in an epoch: shuffled with the seed, dealt round-robin."""
+    order = list(units)
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return order[rank::world_size]
+
+
+def rank_examples(index: DataIndex, epoch: int, seed: int, rank: int, world_size: int) -> int:
+    return sum(index.counts[u.ident]
+               for u in epoch_assignment(index.units, epoch, seed, rank, world_size))
+
+
+def stream(source: Source, index: DataIndex, position: Position, seed: int, rank: int,
+           world_size: int) -> Iterator[tuple[Example, Position]]:
+    """The examples of one rank for position.epoch, from position on.
+
+    Yields each example with the position just after it; a checkpoint stores
+    the position of the last example a step consumed.
+    """
+    units = epoch_assignment(index.units, position.epoch, seed, rank, world_size)
+    fraction = source.spec.eval_fraction
+    for ui in range(position.unit, len(units)):
+        unit = units[ui]
+        resume = ui == position.unit and position.block_start is not None
+        block_start = position.block_start if resume else None
+        skip = position.taken if resume else 0
+        records = source.records(unit, block_start)
+        while True:
+            block: list[tuple[int, Example | None]] = []
+            for rec in records:
+                block.append(rec)
+                if len(block) == BLOCK:
+                    break
+            if not block:
+                break
+            start = block[0][0]
+            rng = random.Random(f"{seed}:{position.epoch}:{unit.ident}:{start}")
+            order = list(range(len(block)))
+            rng.shuffle(order)
+            for taken, i in enumerate(order, start=1):
+                if taken <= skip:
+                    continue
+                offset, example = block[i]
+                if example is None or held_out(unit, offset, fraction):
+                    continue
+                yield example, Position(position.epoch, ui, start, taken)
+            skip = 0
+            if len(block) < BLOCK:
+                break
+            # The next block starts at the record after this block's last one;
+            # records are consumed in file order, so the iterator is already there.

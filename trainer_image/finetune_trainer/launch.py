@@ -1,0 +1,99 @@
+"""The pod's entry point: turn the job into an `accelerate launch` command.
+
+`accelerate_command` is a pure function from the configuration to (argv,
+environment), tested without starting a process. The same command runs on
+GPUs (NCCL) and on CPUs (gloo): accelerate's multi-process launcher starts
+one worker per GPU, or per CPU rank when no GPU is visible.
+
+Worker failures reach this process only as "a child failed"; workers write
+their reason and exit code to the termination log (Kubernetes'
+terminationMessagePath), and this process exits with that code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from finetune_operator.constants import TERMINATION_LOG_PATH, Env, ExitCode
+
+from .config import TrainerConfig, from_env
+from .errors import PermanentError, record_failure, recorded_failure
+
+
+def termination_log_path(env: Mapping[str, str], cfg: TrainerConfig) -> Path:
+    if env.get(Env.TERMINATION_LOG):
+        return Path(env[Env.TERMINATION_LOG])
+    if Path(TERMINATION_LOG_PATH).exists():
+        return Path(TERMINATION_LOG_PATH)
+    return cfg.work_dir / "termination-log"
+
+
+def accelerate_command(cfg: TrainerConfig, env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The `accelerate launch` argv and environment for this node."""
+    argv = [sys.executable, "-m", "accelerate.commands.launch"]
+    if cfg.world_size > 1:
+        argv += ["--multi_gpu"]
+    if cfg.device == "cpu":
+        argv += ["--cpu"] if cfg.world_size == 1 else []
+    argv += [
+        "--num_machines", str(cfg.num_nodes),
+        "--machine_rank", str(cfg.node_rank),
+        "--num_processes", str(cfg.world_size),
+        "--main_process_ip", cfg.master_addr,
+        "--main_process_port", str(cfg.master_port),
+        "--mixed_precision", "no",  # chosen by the worker from spec.training.precision
+        "--dynamo_backend", "no",
+        "--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // cfg.procs_per_node)),
+        "--max_restarts", "0",
+        "--monitor_interval", "1",
+        "-m", "finetune_trainer.worker",
+    ]
+    out = dict(env)
+    out[Env.TERMINATION_LOG] = str(termination_log_path(env, cfg))
+    out.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    out.setdefault("TOKENIZERS_PARALLELISM", "false")
+    out.setdefault("PYTHONUNBUFFERED", "1")
+    if cfg.device == "cpu":
+        out["CUDA_VISIBLE_DEVICES"] = ""
+    return argv, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("Configuration comes from the environment; see docs/trainer.md.")
+        return 0
+    try:
+        cfg = from_env()
+    except PermanentError as e:
+        print(f"finetune-trainer: {e}", file=sys.stderr)
+        return record_failure(e)
+    command, env = accelerate_command(cfg, os.environ)
+    log_path = Path(env[Env.TERMINATION_LOG])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text("")
+    os.environ[Env.TERMINATION_LOG] = str(log_path)
+    child = subprocess.Popen(command, env=env)
+
+    def forward(signum: int, _frame: object) -> None:
+        child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = child.wait()
+    if code == 0:
+        return int(ExitCode.SUCCESS)
+    failure = recorded_failure()
+    if failure is not None:
+        print(f"finetune-trainer: {failure[1]}", file=sys.stderr)
+        return failure[0]
+    return int(ExitCode.RETRYABLE)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

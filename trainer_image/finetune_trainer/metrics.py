@@ -1,0 +1,95 @@
+"""Prometheus metrics of a training pod (docs/metrics.md lists every one).
+
+Served by each node's first process on FT_METRICS_PORT (9420 by default).
+Every series carries the `finetunejob` and `namespace` labels; nothing else
+about the job (and never a credential) becomes a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LABELS = ("finetunejob", "namespace")
+SAVE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class TrainerMetrics:
+    def __init__(self, job: str, namespace: str) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        lv = (job, namespace)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, LABELS, registry=r)
+
+        self.train_loss = gauge("finetune_train_loss", "Training loss of the last step.").labels(*lv)
+        self.learning_rate = gauge("finetune_learning_rate", "Current learning rate.").labels(*lv)
+        self.global_step = gauge("finetune_global_step", "Optimizer steps completed.").labels(*lv)
+        self.total_steps = gauge("finetune_total_steps", "Optimizer steps planned.").labels(*lv)
+        self.epoch = gauge("finetune_epoch", "Epochs completed (fractional).").labels(*lv)
+        self.samples_per_second = gauge(
+            "finetune_samples_per_second", "Training samples per second over all ranks."
+        ).labels(*lv)
+        self.eta_seconds = gauge("finetune_eta_seconds", "Estimated seconds left.").labels(*lv)
+        self.world_size = gauge("finetune_world_size", "Training processes in the job.").labels(*lv)
+        self.attempt = gauge("finetune_attempt", "Attempt number of this run.").labels(*lv)
+        self.last_checkpoint_step = gauge(
+            "finetune_last_checkpoint_step", "Step of the newest committed checkpoint."
+        ).labels(*lv)
+        self.samples = Counter(
+            "finetune_train_samples", "Training samples consumed by all ranks.", LABELS, registry=r
+        ).labels(*lv)
+        self.tokens = Counter(
+            "finetune_train_tokens", "Training tokens (non-padding) consumed by all ranks.",
+            LABELS, registry=r,
+        ).labels(*lv)
+        self.data_wait = Counter(
+            "finetune_data_wait_seconds", "Time this process waited for training data.",
+            LABELS, registry=r,
+        ).labels(*lv)
+        self.eval_metric = Gauge(
+            "finetune_eval_metric", "Latest evaluation metrics.", (*LABELS, "metric"), registry=r
+        )
+        self.checkpoint_save_seconds = Histogram(
+            "finetune_checkpoint_save_seconds",
+            "Time training paused to snapshot a checkpoint locally.",
+            LABELS, buckets=SAVE_BUCKETS, registry=r,
+        ).labels(*lv)
+        self.checkpoint_upload_seconds = Histogram(
+            "finetune_checkpoint_upload_seconds",
+            "Time to upload and commit a checkpoint (in the background).",
+            LABELS, buckets=SAVE_BUCKETS, registry=r,
+        ).labels(*lv)
+        self.checkpoint_bytes = Counter(
+            "finetune_checkpoint_bytes", "Checkpoint bytes uploaded.", LABELS, registry=r
+        ).labels(*lv)
+        self.gpu_utilization = Gauge(
+            "finetune_gpu_utilization_ratio", "GPU utilisation, 0 to 1.", (*LABELS, "gpu"),
+            registry=r,
+        )
+        self.gpu_memory = Gauge(
+            "finetune_gpu_memory_used_bytes", "GPU memory allocated by training.",
+            (*LABELS, "gpu"), registry=r,
+        )
+        self._lv = lv
+
+    def set_eval(self, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self.eval_metric.labels(*self._lv, name).set(value)
+
+    def sample_gpus(self) -> None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+        for i in range(torch.cuda.device_count()):
+            self.gpu_memory.labels(*self._lv, str(i)).set(torch.cuda.memory_allocated(i))
+            try:
+                self.gpu_utilization.labels(*self._lv, str(i)).set(
+                    torch.cuda.utilization(i) / 100.0
+                )
+            except Exception:  # noqa: S110 - needs NVML; memory is still reported
+                pass
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, addr="0.0.0.0", registry=self.registry)  # noqa: S104

@@ -1,0 +1,308 @@
+"""Object storage behind every URI the trainer reads or writes.
+
+`s3://BUCKET/KEY` goes through boto3 (s3transfer multipart uploads with
+concurrency, standard-mode retries, endpoint/region/path-style for
+S3-compatible stores; credentials only from the environment). `file:///PATH`
+and `pvc://CLAIM/PATH` (mounted at PVC_ROOT/CLAIM) are plain directories.
+Both offer the same small interface, so checkpoints and data do not care.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from finetune_operator.api.types import S3Spec
+
+from .errors import PermanentError, RetryableError
+
+PVC_ROOT = Path(os.environ.get("FT_PVC_ROOT", "/mnt/pvc"))
+GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class Store(Protocol):
+    """What the trainer needs from a storage location (keys are relative paths)."""
+
+    uri: str
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]: ...
+    def read_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def upload_file(self, path: Path, key: str) -> None: ...
+    def download_file(self, key: str, path: Path) -> None: ...
+    def delete(self, keys: list[str]) -> None: ...
+    def check(self) -> None: ...
+
+
+def split_glob(path: str) -> tuple[str, str | None]:
+    """("data/", "data/*.csv") for a glob, (path, None) for a plain key or prefix."""
+    if not any(ch in path for ch in GLOB_CHARS):
+        return path, None
+    first = min(path.index(ch) for ch in GLOB_CHARS if ch in path)
+    prefix = path[: path.rfind("/", 0, first) + 1]
+    return prefix, path
+
+
+class LocalStore:
+    """A directory: file:///PATH, or a PersistentVolumeClaim mounted under PVC_ROOT."""
+
+    def __init__(self, uri: str, root: Path) -> None:
+        self.uri = uri
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        return self.root / key if key else self.root
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        base = self._path(prefix)
+        if base.is_file():
+            return [ObjectInfo(prefix, base.stat().st_size)]
+        if not base.is_dir():
+            return []
+        out = []
+        for path in sorted(base.rglob("*")):
+            if path.is_file():
+                out.append(ObjectInfo(str(path.relative_to(self.root)), path.stat().st_size))
+        return out
+
+    def read_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        f = self._path(key).open("rb")
+        f.seek(start)
+        if end is None:
+            return f
+        data = f.read(end - start)
+        f.close()
+
+        return io.BytesIO(data)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+    def upload_file(self, path: Path, key: str) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.copyfile(path, tmp)
+        tmp.replace(dest)
+
+    def download_file(self, key: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self._path(key), path)
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            # Folders vanish with their last file, as prefixes do in S3.
+            for parent in path.parents:
+                if parent == self.root or not parent.is_relative_to(self.root):
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+
+    def check(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+
+class S3Store:
+    """A bucket and key prefix in S3 or an S3-compatible store."""
+
+    def __init__(self, uri: str, bucket: str, prefix: str, s3: S3Spec | None) -> None:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.uri = uri
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        settings = s3 or S3Spec()
+        config = Config(
+            retries={"mode": "standard", "max_attempts": int(os.environ.get("FT_S3_ATTEMPTS", "5"))},
+            connect_timeout=float(os.environ.get("FT_S3_CONNECT_TIMEOUT", "10")),
+            read_timeout=60,
+            s3={"addressing_style": "path" if settings.force_path_style else "auto"},
+            max_pool_connections=32,
+        )
+        # Credentials come from the environment (the Secret) or the pod identity,
+        # never from the spec.
+        self.client: Any = boto3.session.Session().client(
+            "s3",
+            endpoint_url=settings.endpoint,
+            region_name=settings.region or os.environ.get("AWS_REGION") or "us-east-1",
+            config=config,
+        )
+        self.transfer = TransferConfig(
+            multipart_threshold=8 * 1024 * 1024,
+            multipart_chunksize=8 * 1024 * 1024,
+            max_concurrency=8,
+            use_threads=True,
+        )
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix and key else (key or self.prefix)
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        full = self._key(prefix)
+        out = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for obj in page.get("Contents", []):
+                key = obj["Key"]
+                # A prefix matches whole path segments only: "a/b" lists "a/b" and
+                # "a/b/...", not "a/bc".
+                if full and key != full and not key.startswith(full.rstrip("/") + "/"):
+                    continue
+                out.append(ObjectInfo(self._rel(key), int(obj["Size"])))
+        return out
+
+    def read_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        rng = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
+        if end is not None and end <= start:
+
+            return io.BytesIO(b"")
+        resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=rng)
+        body: BinaryIO = resp["Body"]
+        return body
+
+    def get_bytes(self, key: str) -> bytes:
+        resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        return bytes(resp["Body"].read())
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def upload_file(self, path: Path, key: str) -> None:
+        self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)
+
+    def download_file(self, key: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.client.download_file(self.bucket, self._key(key), str(path), Config=self.transfer)
+
+    def delete(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+
+    def abort_stale_uploads(self, older_than: timedelta = timedelta(0)) -> int:
+        """Abort multipart uploads under this prefix left behind by a dead uploader."""
+        cutoff = datetime.now(UTC) - older_than
+        aborted = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for up in page.get("Uploads", []):
+                if up["Initiated"] <= cutoff:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]
+                    )
+                    aborted += 1
+        return aborted
+
+    def check(self) -> None:
+        """Fail with a clear, permanent error when the bucket cannot be used at all."""
+        from botocore.exceptions import (
+            ClientError,
+            EndpointConnectionError,
+            NoCredentialsError,
+        )
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except EndpointConnectionError as e:
+            raise PermanentError(
+                f"S3 endpoint unreachable after retries ({e}); check spec.s3.endpoint"
+            ) from None
+        except NoCredentialsError:
+            raise PermanentError(
+                "no S3 credentials: set spec.s3.credentialsSecret or give the pod an identity"
+            ) from None
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchBucket"):
+                raise PermanentError(f"S3 bucket {self.bucket!r} does not exist") from None
+            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise PermanentError(
+                    f"S3 denied access to bucket {self.bucket!r} ({code}); check the "
+                    "credentials in spec.s3.credentialsSecret"
+                ) from None
+            raise RetryableError(f"S3 error on bucket {self.bucket!r}: {code}") from None
+
+
+def open_store(uri: str, s3: S3Spec | None = None) -> Store:
+    """The store rooted at a URI (a glob's fixed prefix for data URIs)."""
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        return S3Store(uri, bucket, key, s3)
+    if uri.startswith("file://"):
+        return LocalStore(uri, Path(uri[len("file://") :]))
+    if uri.startswith("pvc://"):
+        claim, _, path = uri[len("pvc://") :].partition("/")
+        return LocalStore(uri, PVC_ROOT / claim / path)
+    raise PermanentError(f"unsupported storage URI {uri!r}")
+
+
+def resolve_files(uri: str, s3: S3Spec | None) -> tuple[Store, list[ObjectInfo]]:
+    """The files a data URI names: one object, every object under a prefix, or a glob."""
+    store: Store
+    if uri.startswith("s3://"):
+        bucket, _, path = uri[len("s3://") :].partition("/")
+        store = S3Store(f"s3://{bucket}", bucket, "", s3)
+    elif uri.startswith("file://"):
+        path = uri[len("file://") :].lstrip("/")
+        store = LocalStore("file:///", Path("/"))
+    elif uri.startswith("pvc://"):
+        claim, _, path = uri[len("pvc://") :].partition("/")
+        store = LocalStore(f"pvc://{claim}", PVC_ROOT / claim)
+    else:
+        raise PermanentError(f"unsupported data URI {uri!r}")
+    prefix, pattern = split_glob(path)
+    listed = store.list(path if pattern is None else prefix)
+    if pattern is not None:
+        listed = [o for o in listed if fnmatch.fnmatchcase(o.key, pattern)]
+    return store, [o for o in listed if o.size > 0 and not _hidden(o.key)]
+
+
+def _hidden(key: str) -> bool:
+    name = key.rsplit("/", 1)[-1]
+    return name.startswith((".", "_")) or name.endswith(".partial")
+
+
+def iter_lines(stream: BinaryIO, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a byte stream, each with its newline."""
+    rest = b""
+    while True:
+        data = stream.read(chunk)
+        if not data:
+            break
+        data = rest + data
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+    if rest:
+        yield rest

@@ -1,0 +1,486 @@
+"""The training loop, one process per GPU (or CPU rank) under `accelerate launch`.
+
+An accelerate loop rather than the Hugging Face Trainer: resuming a streamed
+dataset at its exact read position, committing checkpoints to S3 in the
+background and normalising the loss over uneven shards all need control of
+the loop itself (docs/trainer.md says more).
+
+Each optimizer step every rank takes up to perDeviceTrainBatchSize x
+gradientAccumulationSteps examples from its own stream. The loss is summed
+per example and scaled by world_size / (examples in the global step), so the
+synchronised gradient is the mean over exactly the examples of that step,
+however unevenly they are spread; a rank whose stream has ended still joins
+each step with zero weight. The epoch ends when every rank's stream has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import queue
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from finetune_operator.api.types import TrainingSpec
+
+from .checkpoint import BackgroundUploader, CheckpointStore, Committed
+from .config import TrainerConfig
+from .data import DataIndex, Example, Position, Source, count_units, rank_examples, stream
+from .errors import PermanentError
+from .evaluation import Evaluator
+from .metrics import TrainerMetrics
+from .model import load
+from .state import TrainerState, load_trainer_state, restore, rng_state, save
+from .storage import open_store
+
+log = logging.getLogger("finetune")
+_DONE = object()
+
+
+def _mixed_precision(precision: str, cuda: bool) -> str:
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    return "no" if precision == "fp32" else precision
+
+
+def _gather(obj: Any) -> list[Any]:
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _broadcast(obj: Any) -> Any:
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def build_optimizer(model: torch.nn.Module, t: TrainingSpec, total: int) -> tuple[Any, Any]:
+    """AdamW (no decay on biases and LayerNorm) and the spec's schedule with warm-up."""
+    from transformers import get_scheduler
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        no_bias = p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias")
+        (no_decay if no_bias else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}], lr=t.learning_rate,
+    )
+    warmup = t.warmup_steps or math.ceil(t.warmup_ratio * total)
+    scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+                              num_training_steps=total)
+    return optimizer, scheduler
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class Prefetcher:
+    """Reads and tokenizes ahead in a thread; counts the time training waits."""
+
+    def __init__(self, items: Iterator[Any], depth: int = 8) -> None:
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.waited = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(items,), daemon=True)
+        self._thread.start()
+
+    def _fill(self, items: Iterator[Any]) -> None:
+        try:
+            for item in items:
+                while not self._stop.is_set():
+                    try:
+                        self.q.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self.q.put(_DONE)
+        except BaseException as e:
+            self.q.put(e)
+
+    def get(self) -> Any:
+        started = time.monotonic()
+        item = self.q.get()
+        self.waited += time.monotonic() - started
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class Run:
+    def __init__(self, cfg: TrainerConfig) -> None:
+        from accelerate import Accelerator
+        from transformers import set_seed
+
+        self.cfg = cfg
+        self.spec = cfg.spec
+        t = self.spec.training
+        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise PermanentError("FT_DEVICE=cuda but no GPU is visible to the trainer")
+        self.acc = Accelerator(cpu=not use_cuda,
+                               mixed_precision=_mixed_precision(t.precision, use_cuda))
+        self.rank = self.acc.process_index
+        self.world = self.acc.num_processes
+        self.is_main = self.acc.is_main_process
+        set_seed(t.seed)
+        self.metrics = TrainerMetrics(cfg.job_name, cfg.namespace)
+        if self.acc.is_local_main_process and cfg.metrics_port:
+            self.metrics.serve(cfg.metrics_port)
+        self.metrics.world_size.set(self.world)
+        self.metrics.attempt.set(cfg.attempt)
+        self._last_eval_step = -1
+        self._samples_window = 0
+        self.ckpt = CheckpointStore(
+            cfg.checkpoint_uri, self.spec.s3, keep=self.spec.checkpoints.save_total_limit,
+            keep_best=self.spec.checkpoints.keep_best, best_metric=t.metric_for_best_model,
+        )
+
+    # --- set-up ------------------------------------------------------------------
+
+    def _preflight(self) -> None:
+        if self.acc.is_local_main_process:
+            self.ckpt.store.check()
+            aborted = self.ckpt.abort_stale_uploads() if self.is_main else 0
+            if aborted:
+                log.info("aborted %d unfinished multipart uploads of an earlier attempt", aborted)
+
+    def _restore_point(self) -> tuple[Committed, Path] | None:
+        # Rank 0 picks the newest intact checkpoint; every node fetches that one.
+        chosen: int | None = None
+        found = None
+        if self.is_main:
+            found = self.ckpt.restore(self.cfg.work_dir / "restore")
+            chosen = found[0].step if found else None
+        chosen = _broadcast(chosen)
+        if chosen is None:
+            return None
+        with self.acc.local_main_process_first():
+            if found is None and self.acc.is_local_main_process:
+                found = self.ckpt.restore(self.cfg.work_dir / "restore", step=chosen)
+        if found is None:
+            folder = self.cfg.work_dir / "restore" / f"step-{chosen:09d}"
+            found = (Committed(chosen, folder.name, {}), folder)
+        return found
+
+    def _index(self, source: Source) -> DataIndex:
+        units = source.plan_units(self.world, self.cfg.shard_bytes)
+        part = count_units(source, units, list(range(self.rank, len(units), self.world)))
+        counts: dict[str, int] = {}
+        held: list[Example] = []
+        for other in _gather((part.counts, part.eval_examples)):
+            counts.update(other[0])
+            held += other[1]
+        return DataIndex(units, counts, held)
+
+    def _steps_per_epoch(self, index: DataIndex, epoch: int) -> int:
+        per_step = self.spec.training.per_device_train_batch_size * \
+            self.spec.training.gradient_accumulation_steps
+        most = max(rank_examples(index, epoch, self.spec.training.seed, r, self.world)
+                   for r in range(self.world))
+        return math.ceil(most / per_step)
+
+    def _total_steps(self, index: DataIndex) -> int:
+        t = self.spec.training
+        if t.max_steps:
+            return t.max_steps
+        full, frac = int(t.num_train_epochs), t.num_train_epochs - int(t.num_train_epochs)
+        total = sum(self._steps_per_epoch(index, e) for e in range(full))
+        if frac:
+            total += math.ceil(frac * self._steps_per_epoch(index, full))
+        if total == 0:
+            raise PermanentError("spec.dataset: the training data has no usable examples")
+        return total
+
+    # --- the loop ----------------------------------------------------------------
+
+    def _batches(self, examples: Iterator[tuple[Example, Position]],
+                 tokenizer: Any) -> Iterator[tuple[dict[str, torch.Tensor], int, Position]]:
+        size = self.spec.training.per_device_train_batch_size
+        while True:
+            chunk = []
+            last: Position | None = None
+            for example, pos in examples:
+                chunk.append(example)
+                last = pos
+                if len(chunk) == size:
+                    break
+            if not chunk:
+                return
+            assert last is not None
+            yield self._encode(chunk, tokenizer), len(chunk), last
+            if len(chunk) < size:
+                return
+
+    def _encode(self, chunk: list[Example], tokenizer: Any) -> dict[str, torch.Tensor]:
+        columns = list(zip(*(e.texts for e in chunk), strict=True))
+        enc = tokenizer(*columns, truncation=True, max_length=self.spec.dataset.max_seq_length,
+                        padding=True, return_tensors="pt")
+        enc["labels"] = torch.tensor([e.label for e in chunk])
+        return dict(enc)
+
+    def run(self) -> None:
+        cfg, t = self.cfg, self.spec.training
+        self._preflight()
+        with self.acc.local_main_process_first():
+            source = Source(self.spec)
+            model, tokenizer = load(self.spec, cfg.work_dir)
+        point = self._restore_point()
+        if point is not None:
+            state, index = load_trainer_state(point[1])
+            log.info("resuming from %s/%s at step %d", self.ckpt.uri, point[0].folder,
+                     state.global_step)
+        else:
+            index = self._index(source)
+            state = TrainerState(world_size=self.world)
+        state.total_steps = self._total_steps(index)
+        optimizer, scheduler = build_optimizer(model, t, state.total_steps)
+        if point is not None:
+            restore(point[1], model, optimizer, scheduler, self.rank)
+            if state.world_size != self.world:
+                log.warning("world size changed from %d to %d: the current epoch's data "
+                            "restarts from its beginning", state.world_size, self.world)
+                state.positions = []
+        model, optimizer = self.acc.prepare(model, optimizer)
+        evaluator = Evaluator(self.acc, self.spec, tokenizer, self._eval_set(source, index))
+        evaluator.model = model
+        self.metrics.total_steps.set(state.total_steps)
+        uploader = BackgroundUploader(self.ckpt, on_done=self._committed,
+                                      on_bytes=self.metrics.checkpoint_bytes.inc)
+        position = (state.positions[self.rank] if len(state.positions) == self.world
+                    else Position(epoch=int(state.epoch)))
+        if self.is_main:
+            log.info("training %d steps on %d processes (%d nodes), %d examples per step",
+                     state.total_steps, self.world, cfg.num_nodes,
+                     t.per_device_train_batch_size * t.gradient_accumulation_steps * self.world)
+        last_save = time.monotonic()
+        started, start_step = time.monotonic(), state.global_step
+        ga = t.gradient_accumulation_steps
+        dummy = self._encode([Example(("",) * len(self.spec.dataset.text_columns), 0)], tokenizer)
+        while state.global_step < state.total_steps:
+            feed = Prefetcher(self._batches(
+                stream(source, index, position, t.seed, self.rank, self.world), tokenizer))
+            steps_this_epoch = self._steps_per_epoch(index, position.epoch)
+            epoch_first_step = sum(self._steps_per_epoch(index, e) for e in range(position.epoch))
+            done_epoch = False
+            while state.global_step < state.total_steps:
+                micro: list[tuple[dict[str, torch.Tensor], int, Position]] = []
+                while len(micro) < ga:
+                    item = feed.get()
+                    if item is _DONE:
+                        break
+                    micro.append(item)
+                local = sum(n for _, n, _ in micro)
+                totals = self.acc.reduce(torch.tensor([float(local), float(len(micro))],
+                                                      device=self.acc.device), "sum")
+                n_global = int(totals[0].item())
+                if n_global == 0:
+                    done_epoch = True
+                    break
+                rounds = int(self.acc.reduce(torch.tensor([len(micro)], device=self.acc.device),
+                                             "max").item())
+                loss_sum = torch.zeros((), device=self.acc.device)
+                tokens = 0
+                model.train()
+                for i in range(rounds):
+                    real = i < len(micro)
+                    batch = micro[i][0] if real else dummy
+                    batch = {k: v.to(self.acc.device) for k, v in batch.items()}
+                    sync = contextlib.nullcontext() if i == rounds - 1 else self.acc.no_sync(model)
+                    with sync, self.acc.autocast():
+                        labels = batch.pop("labels")
+                        logits = model(**batch).logits
+                        per_example = torch.nn.functional.cross_entropy(
+                            logits.float(), labels, reduction="none")
+                        weight = self.world / n_global if real else 0.0
+                        loss = per_example.sum() * weight
+                        self.acc.backward(loss)
+                    if real:
+                        loss_sum += per_example.detach().sum()
+                        tokens += int(batch["attention_mask"].sum().item())
+                if t.max_grad_norm > 0:
+                    self.acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if micro:
+                    position = micro[-1][2]
+                state.global_step += 1
+                sums = self.acc.reduce(torch.stack([loss_sum.float(),
+                                                    torch.tensor(float(tokens),
+                                                                 device=self.acc.device)]), "sum")
+                step_loss = float(sums[0].item()) / n_global
+                state.epoch = position.epoch + min(
+                    1.0, (state.global_step - epoch_first_step) / max(1, steps_this_epoch))
+                self._record(state, step_loss, n_global, int(sums[1].item()), scheduler,
+                             started, start_step, feed.waited)
+                feed.waited = 0.0
+                if self._eval_due(state):
+                    self._evaluate(evaluator, state)
+                if self._save_due(state, last_save):
+                    self._checkpoint(model, optimizer, scheduler, state, position, index,
+                                     uploader)
+                    last_save = time.monotonic()
+            feed.close()
+            if done_epoch:
+                if t.eval_strategy == "epoch":
+                    self._evaluate(evaluator, state)
+                position = Position(epoch=position.epoch + 1)
+        if t.eval_strategy != "no" and self._last_eval_step != state.global_step:
+            self._evaluate(evaluator, state)
+        self._checkpoint(model, optimizer, scheduler, state, position, index, uploader)
+        self._check_in_sync(model)
+        uploader.wait()
+        self._write_output(model, tokenizer)
+        self.acc.wait_for_everyone()
+        if self.is_main:
+            summary = " ".join(f"{k}={v:.4f}" for k, v in sorted(state.eval_metrics.items()))
+            log.info("done: %d steps, %d samples this run; eval %s; model written to %s",
+                     state.global_step, self._samples_window,
+                     summary or "skipped", cfg.output_uri)
+        self.acc.end_training()
+
+    # --- logging, evaluation, checkpoints -----------------------------------------
+
+    def _record(self, state: TrainerState, loss: float, samples: int, tokens: int,
+                scheduler: Any, started: float, start_step: int, waited: float) -> None:
+        m = self.metrics
+        lr = float(scheduler.get_last_lr()[0])
+        elapsed = max(1e-9, time.monotonic() - started)
+        done = state.global_step - start_step
+        per_step = elapsed / max(1, done)
+        eta = per_step * (state.total_steps - state.global_step)
+        m.train_loss.set(loss)
+        m.learning_rate.set(lr)
+        m.global_step.set(state.global_step)
+        m.epoch.set(state.epoch)
+        m.samples.inc(samples)
+        m.tokens.inc(tokens)
+        m.data_wait.inc(waited)
+        m.eta_seconds.set(eta)
+        self._samples_window += samples
+        m.samples_per_second.set(self._samples_window / elapsed)
+        m.sample_gpus()
+        every = self.spec.training.logging_steps
+        if self.is_main and (state.global_step % every == 0
+                             or state.global_step == state.total_steps):
+            log.info("step %d/%d | epoch %.2f | loss %.4f | lr %.3e | %.1f samples/s | ETA %s",
+                     state.global_step, state.total_steps, state.epoch, loss, lr,
+                     self._samples_window / elapsed, timedelta(seconds=round(eta)))
+
+    def _eval_set(self, source: Source, index: DataIndex) -> list[Example]:
+        examples = source.read_eval_files() if source.eval_files else index.eval_examples
+        if self.spec.training.eval_strategy != "no" and not examples:
+            raise PermanentError(
+                "spec.dataset: evaluation is on but there is no eval data; set evalSplit or "
+                "evalFraction, or training.evalStrategy: no"
+            )
+        return examples[self.rank::self.world]
+
+    def _evaluate(self, evaluator: Evaluator, state: TrainerState) -> None:
+        state.eval_metrics = evaluator.run()
+        self._last_eval_step = state.global_step
+        self._report_eval(state)
+
+    def _eval_due(self, state: TrainerState) -> bool:
+        t = self.spec.training
+        return t.eval_strategy == "steps" and t.eval_steps is not None and \
+            state.global_step % t.eval_steps == 0 and state.global_step < state.total_steps
+
+    def _report_eval(self, state: TrainerState) -> None:
+        self.metrics.set_eval(state.eval_metrics)
+        if self.is_main:
+            text = " ".join(f"{k} {v:.4f}" for k, v in sorted(state.eval_metrics.items()))
+            log.info("eval at step %d | %s", state.global_step, text)
+
+    def _save_due(self, state: TrainerState, last_save: float) -> bool:
+        c = self.spec.checkpoints
+        due = bool(c.save_steps and state.global_step % c.save_steps == 0)
+        if c.save_minutes and time.monotonic() - last_save >= c.save_minutes * 60:
+            due = True
+        # Clocks differ between nodes: rank 0 decides for everyone.
+        return bool(_broadcast(due)) and state.global_step < state.total_steps
+
+    def _checkpoint(self, model: Any, optimizer: Any, scheduler: Any, state: TrainerState,
+                    position: Position, index: DataIndex, uploader: BackgroundUploader) -> None:
+        gathered = _gather((position, rng_state()))
+        state.positions = [p for p, _ in gathered]
+        state.world_size = self.world
+        if self.is_main:
+            began = time.monotonic()
+            local = self.cfg.work_dir / "snapshots" / f"step-{state.global_step:09d}"
+            if local.exists():
+                shutil.rmtree(local)
+            uploader.wait()
+            save(local, self.acc.unwrap_model(model), optimizer.optimizer, scheduler, state,
+                 [r for _, r in gathered], index)
+            self.metrics.checkpoint_save_seconds.observe(time.monotonic() - began)
+            metrics = dict(state.eval_metrics)
+            uploader.submit(local, state.global_step, metrics)
+
+    def _committed(self, committed: Committed, seconds: float) -> None:
+        self.metrics.checkpoint_upload_seconds.observe(seconds)
+        self.metrics.last_checkpoint_step.set(committed.step)
+        log.info("checkpoint step %d committed to %s/%s in %.1fs", committed.step,
+                 self.ckpt.uri, committed.folder, seconds)
+
+    def _check_in_sync(self, model: Any) -> None:
+        """Every rank must end with the same weights; anything else is a sync bug."""
+        digests = _gather(parameter_digest(self.acc.unwrap_model(model)))
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"parameters diverged across ranks: {digests}")
+        if self.is_main:
+            log.info("parameters identical on all %d ranks (sha256 %s)", self.world,
+                     digests[0][:16])
+
+    def _write_output(self, model: Any, tokenizer: Any) -> None:
+        if not self.is_main:
+            return
+        local = self.cfg.work_dir / "output"
+        shutil.rmtree(local, ignore_errors=True)
+        self.acc.unwrap_model(model).save_pretrained(local, safe_serialization=True)
+        tokenizer.save_pretrained(local)
+        store = open_store(self.cfg.output_uri, self.spec.s3)
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            store.upload_file(path, str(path.relative_to(local)))
+
+
+def configure_logging(rank: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s" if rank == 0 else
+        f"%(asctime)s %(levelname)s [rank {rank}] %(message)s",
+        stream=sys.stdout,
+    )
+    for noisy in ("transformers", "datasets", "accelerate", "botocore", "urllib3", "evaluate"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not sys.stdout.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")

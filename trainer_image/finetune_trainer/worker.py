@@ -1,0 +1,33 @@
+"""One training process, started by `accelerate launch` (see launch.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from .config import from_env
+from .errors import PermanentError, record_failure
+from .train import Run, configure_logging
+
+log = logging.getLogger("finetune")
+
+
+def main() -> int:
+    rank = int(os.environ.get("RANK", "0"))
+    configure_logging(rank)
+    try:
+        Run(from_env()).run()
+    except PermanentError as e:
+        # One clear line, no traceback: the input is wrong, not the code.
+        log.error("%s", e)
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return record_failure(e)
+    except Exception as e:
+        log.exception("training failed")
+        return record_failure(e)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
