@@ -108,3 +108,57 @@ def test_gradients_are_synchronised_across_machine_ranks(
         torch.testing.assert_close(trained[name], ref, rtol=1e-4, atol=1e-5, msg=name)
         moved += int(not torch.equal(initial[name], ref))
     assert moved > 10  # training really changed the weights being compared
+
+
+def committed_steps(client: Any, prefix: str) -> list[int]:
+    from trainer_support import iter_s3_keys
+
+    return sorted(int(k.split("/")[1][len("step-"):]) for k in
+                  iter_s3_keys(client, "ckpt", f"{prefix}/") if k.endswith("/manifest.json"))
+
+
+def test_killed_rank_resumes_exactly_and_skips_a_damaged_checkpoint(
+    s3: Any, mrpc_in_s3: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+    import signal
+
+    from controlplane import wait_for
+    from trainer_support import start_nodes, wait_nodes
+
+    steps = 120
+    client = s3.client()
+    straight = with_s3(mrpc_spec(mrpc_in_s3, "straight", maxSteps=steps), s3)
+    run_nodes(straight, tmp_path / "straight", extra=s3.env())
+    expected = load_weights(download_output(s3, "straight", tmp_path / "expected"))
+
+    spec = with_s3(mrpc_spec(mrpc_in_s3, "killed", maxSteps=steps), s3)
+    nodes = start_nodes(spec, tmp_path / "attempt-1", extra=s3.env())
+    wait_for(lambda: len(committed_steps(client, "killed")) >= 2, 180,
+             "two committed checkpoints")
+    victims = nodes[1].workers()
+    assert victims, nodes[1].output()
+    os.kill(victims[0], signal.SIGKILL)
+    codes = wait_nodes(nodes, 180)
+    # Both pods fail as retryable: the killed rank, and its peer that lost it.
+    assert codes == [75, 75], [n.output()[-3000:] for n in nodes]
+    survivors = committed_steps(client, "killed")
+    assert survivors[-1] < steps, "the kill came too late to interrupt training"
+
+    # Damage the newest committed checkpoint: one flipped byte in the weights.
+    newest = f"killed/step-{survivors[-1]:09d}/model.safetensors"
+    body = bytearray(client.get_object(Bucket="ckpt", Key=newest)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    client.put_object(Bucket="ckpt", Key=newest, Body=bytes(body))
+
+    resumed = run_nodes(spec, tmp_path / "attempt-2", extra=s3.env())
+    log = resumed[0].output()
+    assert f"checkpoint step-{survivors[-1]:09d} is damaged" in log, log
+    assert f"falling back to step-{survivors[-2]:09d}" in log
+    assert f"resuming from s3://ckpt/killed/step-{survivors[-2]:09d} at step {survivors[-2]}" \
+        in log
+    assert f"done: {steps} steps" in log
+
+    final = load_weights(download_output(s3, "killed", tmp_path / "resumed"))
+    for name, value in expected.items():
+        torch.testing.assert_close(final[name], value, rtol=1e-5, atol=1e-6, msg=name)

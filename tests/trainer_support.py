@@ -164,3 +164,19 @@ def iter_s3_keys(client: Any, bucket: str, prefix: str) -> Iterator[str]:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             yield obj["Key"]
+
+
+def waimai_jsonl(dest: Path, rows: int) -> Path:
+    """The first `rows` non-empty food-delivery reviews as a jsonl file."""
+    import csv
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with (SHARED_DATA / "chinese-sentiment" / "waimai_10k.csv").open(encoding="utf-8") as f:
+        reader = [r for r in csv.DictReader(f) if r["review"]]
+    # Alternate labels so both classes are present in a small sample.
+    pos = [r for r in reader if r["label"] == "1"]
+    neg = [r for r in reader if r["label"] == "0"]
+    mixed = [r for pair in zip(pos, neg, strict=False) for r in pair][:rows]
+    dest.write_text("".join(json.dumps({"text": r["review"], "label": int(r["label"])},
+                                       ensure_ascii=False) + "\n" for r in mixed))
+    return dest

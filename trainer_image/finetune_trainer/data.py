@@ -161,7 +161,9 @@ class Source:
 
     def plan_units(self, world_size: int, max_shard_bytes: int) -> list[Unit]:
         total = sum(f.size for f in self.train_files)
-        target = max(MIN_SHARD_BYTES, min(max_shard_bytes, total // max(1, world_size * 4)))
+        # A few units per rank balance the ranks; one rank needs no balancing.
+        pieces = world_size * 4 if world_size > 1 else 1
+        target = max(MIN_SHARD_BYTES, min(max_shard_bytes, total // pieces))
         units: list[Unit] = []
         for f in sorted(self.train_files, key=lambda f: f.key):
             fmt = file_format(f.key, self.spec.format)
@@ -169,8 +171,9 @@ class Source:
                 groups = self._parquet(f.key).metadata.num_row_groups
                 units += [Unit(f.key, fmt, g, g + 1) for g in range(groups)]
             else:
-                units += [Unit(f.key, fmt, s, min(s + target, f.size))
-                          for s in range(0, f.size, target)]
+                n = -(-f.size // target)
+                bounds = [f.size * k // n for k in range(n + 1)]
+                units += [Unit(f.key, fmt, a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
         return units
 
     # --- reading -------------------------------------------------------------------
@@ -183,7 +186,7 @@ class Source:
     def header(self, unit: Unit) -> list[str]:
         if unit.key not in self._headers:
             with self.store.read_range(unit.key, 0, None) as stream:
-                first = next(iter_lines(stream), b"")
+                first = next(iter_lines(stream, chunk=16 * 1024), b"")
             self._headers[unit.key] = self._split(first.decode("utf-8-sig"), unit.fmt, None)
             self._check_columns(self._headers[unit.key], unit.key)
         return self._headers[unit.key]

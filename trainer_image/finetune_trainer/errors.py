@@ -33,7 +33,8 @@ def termination_log() -> Path:
 def record_failure(error: BaseException) -> int:
     """Write the one-line reason where Kubernetes (and the launcher) finds it."""
     code = int(getattr(error, "exit_code", ExitCode.RETRYABLE))
-    line = f"{type(error).__name__}: {error}".splitlines()[0][:1000]
+    text = str(error) if isinstance(error, PermanentError) else f"{type(error).__name__}: {error}"
+    line = (text.splitlines() or [""])[0][:1000]
     previous = recorded_failure()
     if previous and previous[0] == ExitCode.PERMANENT and code != ExitCode.PERMANENT:
         # Peers fail too once one rank stops; keep the root cause.

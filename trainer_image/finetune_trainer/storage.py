@@ -214,9 +214,12 @@ class S3Store:
         cutoff = datetime.now(UTC) - older_than
         aborted = 0
         paginator = self.client.get_paginator("list_multipart_uploads")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+        # Listed for the whole bucket and filtered here: some S3-compatible stores
+        # (MinIO) match a Prefix only against whole object names.
+        mine = f"{self.prefix}/" if self.prefix else ""
+        for page in paginator.paginate(Bucket=self.bucket):
             for up in page.get("Uploads", []):
-                if up["Initiated"] <= cutoff:
+                if up["Key"].startswith(mine) and up["Initiated"] <= cutoff:
                     self.client.abort_multipart_upload(
                         Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]
                     )

@@ -209,6 +209,8 @@ class Run:
 
     def _total_steps(self, index: DataIndex) -> int:
         t = self.spec.training
+        if sum(index.counts.values()) == 0:
+            raise PermanentError("spec.dataset: the training data has no usable examples")
         if t.max_steps:
             return t.max_steps
         full, frac = int(t.num_train_epochs), t.num_train_epochs - int(t.num_train_epochs)
@@ -290,6 +292,9 @@ class Run:
             steps_this_epoch = self._steps_per_epoch(index, position.epoch)
             epoch_first_step = sum(self._steps_per_epoch(index, e) for e in range(position.epoch))
             done_epoch = False
+            epoch_first_step_taken = state.global_step
+            # A resumed position may sit at the very end of its epoch: nothing is left.
+            fresh_epoch = position.unit == 0 and position.block_start is None
             while state.global_step < state.total_steps:
                 micro: list[tuple[dict[str, torch.Tensor], int, Position]] = []
                 while len(micro) < ga:
@@ -350,6 +355,8 @@ class Run:
                     last_save = time.monotonic()
             feed.close()
             if done_epoch:
+                if fresh_epoch and state.global_step == epoch_first_step_taken:
+                    raise PermanentError("spec.dataset: an epoch yielded no training examples")
                 if t.eval_strategy == "epoch":
                     self._evaluate(evaluator, state)
                 position = Position(epoch=position.epoch + 1)

@@ -1,0 +1,219 @@
+"""Streaming data from a real S3 server: sharding, exactly-once epochs, cheap resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finetune_operator.api.types import FineTuneJobSpec
+from finetune_trainer.data import BLOCK, Position, Source, count_units, stream
+from trainer_support import SHARED_DATA, ensure_bucket
+
+WAIMAI = SHARED_DATA / "chinese-sentiment" / "waimai_10k.csv"
+
+
+@pytest.fixture
+def s3_env(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    ensure_bucket(s3.client(), "data")
+    return s3
+
+
+def spec_for(uri: str, s3: Any, fmt: str, text: list[str], label: str) -> FineTuneJobSpec:
+    return FineTuneJobSpec.model_validate({
+        "model": {"uri": "file:///unused"},
+        "dataset": {"uri": uri, "format": fmt, "textColumns": text, "labelColumn": label},
+        "checkpoints": {"uri": "s3://ckpt/unused"},
+        "s3": {"endpoint": s3.endpoint, "forcePathStyle": True},
+    })
+
+
+def waimai_rows() -> list[tuple[tuple[str, ...], int]]:
+    with WAIMAI.open(encoding="utf-8", newline="") as f:
+        return [((r["review"],), int(r["label"])) for r in csv.DictReader(f) if r["review"]]
+
+
+def epoch_examples(spec: FineTuneJobSpec, world: int, shard_bytes: int, epoch: int
+                   ) -> list[Counter[tuple[tuple[str, ...], int]]]:
+    source = Source(spec)
+    units = source.plan_units(world, shard_bytes)
+    index = count_units(source, units, list(range(len(units))))
+    per_rank = []
+    for rank in range(world):
+        seen = Counter((e.texts, e.label) for e, _ in
+                       stream(source, index, Position(epoch=epoch), 42, rank, world))
+        per_rank.append(seen)
+    return per_rank
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_two_ranks_see_every_csv_example_exactly_once(s3_env: Any, epoch: int) -> None:
+    s3_env.client().upload_file(str(WAIMAI), "data", "waimai/waimai_10k.csv")
+    spec = spec_for("s3://data/waimai/*.csv", s3_env, "csv", ["review"], "label")
+    rank0, rank1 = epoch_examples(spec, world=2, shard_bytes=64 * 1024, epoch=epoch)
+    expected = Counter(waimai_rows())
+    assert len(expected) > 10000
+    assert rank0 + rank1 == expected
+    # Both ranks got a real share, not one rank everything.
+    assert min(sum(rank0.values()), sum(rank1.values())) > 0.3 * sum(expected.values())
+
+
+def test_parquet_and_jsonl_shards_are_read_exactly_once(s3_env: Any) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = waimai_rows()[:3000]
+    table = pa.table({"text": [r[0][0] for r in rows], "label": [r[1] for r in rows]})
+    client = s3_env.client()
+    for part in range(3):
+        buf = io.BytesIO()
+        pq.write_table(table.slice(part * 1000, 1000), buf, row_group_size=128)
+        client.put_object(Bucket="data", Key=f"pq/train-{part}.parquet", Body=buf.getvalue())
+    spec = spec_for("s3://data/pq/", s3_env, "auto", ["text"], "label")
+    rank0, rank1 = epoch_examples(spec, world=2, shard_bytes=1 << 20, epoch=0)
+    assert rank0 + rank1 == Counter(rows)
+
+    lines = "".join(json.dumps({"text": t[0], "label": y}, ensure_ascii=False) + "\n"
+                    for t, y in rows)
+    client.put_object(Bucket="data", Key="jsonl/train.jsonl", Body=lines.encode())
+    spec = spec_for("s3://data/jsonl/train.jsonl", s3_env, "auto", ["text"], "label")
+    rank0, rank1 = epoch_examples(spec, world=2, shard_bytes=64 * 1024, epoch=0)
+    assert rank0 + rank1 == Counter(rows)
+
+
+class CountingStore:
+    """Wraps the real S3 store and counts the bytes actually read from it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.bytes_read = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def read_range(self, key: str, start: int = 0, end: int | None = None) -> Any:
+        body = self.inner.read_range(key, start, end)
+        outer = self
+
+        class Counted(io.RawIOBase):
+            def read(self, n: int = -1) -> bytes:
+                data: bytes = body.read(n)
+                outer.bytes_read += len(data)
+                return data
+
+            def close(self) -> None:
+                body.close()
+
+        return Counted()
+
+
+def test_resume_cost_does_not_grow_with_progress(s3_env: Any) -> None:
+    # One 10 MB file, a single shard: replaying the stream would read all of it.
+    rows = waimai_rows()
+    out = io.StringIO()
+    out.write("label,review\n")
+    for i in range(200_000):
+        text, label = rows[i % len(rows)]
+        out.write(f'{label},"{i} {text[0]}"\n')
+    data = out.getvalue().encode()
+    s3_env.client().put_object(Bucket="data", Key="big/train.csv", Body=data)
+    spec = spec_for("s3://data/big/train.csv", s3_env, "csv", ["review"], "label")
+    source = Source(spec)
+    units = source.plan_units(1, 64 * 1024 * 1024)
+    assert len(units) == 1
+    index = count_units(source, units, [0])
+
+    positions = {}
+    for n, (_, pos) in enumerate(stream(source, index, Position(), 1, 0, 1), start=1):
+        if n in (1_000, 190_000):
+            positions[n] = pos
+
+    costs = {}
+    for n, pos in positions.items():
+        resumed = Source(spec)
+        counting = CountingStore(resumed.store)
+        resumed.store = counting
+        first = next(stream(resumed, index, pos, 1, 0, 1))
+        costs[n] = counting.bytes_read
+        assert first is not None
+    # Each resume reads one block (plus one network read chunk), wherever it is.
+    bound = BLOCK * 200 + (1 << 20) + 64 * 1024
+    assert costs[190_000] <= bound, costs
+    assert costs[1_000] <= bound, costs
+    assert len(data) > 8 * bound
+
+
+def test_resumed_stream_continues_exactly_where_it_stopped(s3_env: Any) -> None:
+    s3_env.client().upload_file(str(WAIMAI), "data", "resume/waimai.csv")
+    spec = spec_for("s3://data/resume/waimai.csv", s3_env, "csv", ["review"], "label")
+    source = Source(spec)
+    units = source.plan_units(2, 64 * 1024)
+    index = count_units(source, units, list(range(len(units))))
+    full = [(e, p) for e, p in stream(source, index, Position(), 3, 1, 2)]
+    for cut in (1, BLOCK - 1, BLOCK, len(full) // 2, len(full) - 1):
+        rest = [e for e, _ in stream(Source(spec), index, full[cut - 1][1], 3, 1, 2)]
+        assert rest == [e for e, _ in full[cut:]], cut
+
+
+def test_interrupted_upload_is_never_used(s3_env: Any, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from controlplane import wait_for
+    from finetune_operator.api.types import S3Spec
+    from finetune_trainer.checkpoint import CheckpointStore
+
+    client = s3_env.client()
+    ensure_bucket(client, "ckpt")
+    settings = S3Spec(endpoint=s3_env.endpoint, force_path_style=True)
+    store = CheckpointStore("s3://ckpt/interrupted", settings, keep=3)
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "weights.bin").write_bytes(b"good weights")
+    store.commit(good, 10)
+
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "a-small.bin").write_bytes(b"uploaded before the kill")
+    (big / "b-large.bin").write_bytes(os.urandom(192 * 1024 * 1024))
+    uploader = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; "
+        "from finetune_operator.api.types import S3Spec; "
+        "from finetune_trainer.checkpoint import CheckpointStore; "
+        f"s = CheckpointStore('s3://ckpt/interrupted', S3Spec(endpoint={s3_env.endpoint!r}, "
+        "force_path_style=True)); "
+        f"s.commit(Path({str(big)!r}), 20)")], start_new_session=True)
+
+    def multipart_started() -> bool:
+        ups = client.list_multipart_uploads(Bucket="ckpt").get("Uploads", [])
+        return any(u["Key"].startswith("interrupted/") for u in ups)
+
+    wait_for(multipart_started, 60, "the uploader to start a multipart upload", every=0.02)
+    os.killpg(uploader.pid, signal.SIGKILL)
+    uploader.wait()
+
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="ckpt",
+                                                    Prefix="interrupted/")["Contents"]]
+    assert "interrupted/step-000000020/a-small.bin" in keys  # the partial checkpoint exists
+    assert [c.step for c in store.committed()] == [10]  # ...but is not a checkpoint
+    restored = store.restore(tmp_path / "restore")
+    assert restored is not None
+    assert restored[0].step == 10
+    assert (restored[1] / "weights.bin").read_bytes() == b"good weights"
+
+    assert store.abort_stale_uploads() >= 1
+    assert not multipart_started()
+    # The next commit clears the leftovers of the dead upload.
+    store.commit(good, 30)
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="ckpt",
+                                                    Prefix="interrupted/")["Contents"]]
+    assert not [k for k in keys if k.startswith("interrupted/step-000000020/")]
