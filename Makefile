@@ -8,8 +8,8 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install generate check-generated lint format cluster-bin cluster-up \
-        cluster-down test test-slow clean
+.PHONY: help install generate check-generated lint format system-deps cluster-bin s3-bin \
+        cluster-up cluster-down test test-slow clean
 
 help:
 	@echo "make test          install everything, lint, and run the test suite (what CI runs)"
@@ -24,7 +24,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[trainer,dev]'
 	touch $@
 
 install: $(STAMP)
@@ -44,9 +44,19 @@ format: $(STAMP)
 	$(BIN)/ruff format operator trainer_image tests
 	$(BIN)/ruff check --fix operator trainer_image tests
 
+# Debian packages the tests run for real: Prometheus scrapes the trainer.
+system-deps:
+	@command -v prometheus >/dev/null && command -v openssl >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends prometheus openssl >/dev/null; }
+
 # Builds etcd and the Kubernetes control plane from upstream sources (cached).
 cluster-bin:
 	bash tests/cluster/build.sh
+
+# Builds MinIO, the S3-compatible server of the tests, from its Go module (cached).
+s3-bin:
+	bash tests/s3/build.sh
 
 cluster-up: $(STAMP) cluster-bin
 	$(BIN)/python tests/cluster/controlplane.py up
@@ -54,11 +64,11 @@ cluster-up: $(STAMP) cluster-bin
 cluster-down: $(STAMP)
 	$(BIN)/python tests/cluster/controlplane.py down
 
-test: $(STAMP) cluster-bin lint check-generated
+test: $(STAMP) system-deps cluster-bin s3-bin lint check-generated
 	$(BIN)/python -m pytest -m "not slow"
 
-test-slow: $(STAMP) cluster-bin
-	$(BIN)/python -m pytest -m slow
+test-slow: $(STAMP) system-deps cluster-bin s3-bin
+	$(BIN)/python -m pytest -m slow -s
 
 clean: cluster-down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

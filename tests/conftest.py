@@ -94,9 +94,9 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real MinIO server on loopback for the whole session."""
-    from s3.server import S3Server  # type: ignore[import-not-found]
-
     from controlplane import free_port
+
+    from s3.server import S3Server  # type: ignore[import-not-found]
 
     server = S3Server(tmp_path_factory.mktemp("minio"), free_port()).start()
     yield server

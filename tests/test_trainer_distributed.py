@@ -17,11 +17,23 @@ from trainer_support import load_weights, run_nodes
 def mrpc_spec(uris: dict[str, str], prefix: str, **training: Any) -> dict[str, Any]:
     return {
         "model": {"uri": uris["model"], "numLabels": 2},
-        "dataset": {"uri": uris["data"], "format": "tsv",
-                    "textColumns": ["#1 String", "#2 String"], "labelColumn": "Quality",
-                    "trainSplit": "train", "evalSplit": "dev", "maxSeqLength": 64},
-        "training": {"perDeviceTrainBatchSize": 8, "learningRate": 2e-3, "loggingSteps": 5,
-                     "evalStrategy": "no", "seed": 7, **training},
+        "dataset": {
+            "uri": uris["data"],
+            "format": "tsv",
+            "textColumns": ["#1 String", "#2 String"],
+            "labelColumn": "Quality",
+            "trainSplit": "train",
+            "evalSplit": "dev",
+            "maxSeqLength": 64,
+        },
+        "training": {
+            "perDeviceTrainBatchSize": 8,
+            "learningRate": 2e-3,
+            "loggingSteps": 5,
+            "evalStrategy": "no",
+            "seed": 7,
+            **training,
+        },
         "resources": {"nodes": 2, "gpusPerNode": 1},
         "checkpoints": {"uri": f"s3://ckpt/{prefix}", "saveSteps": 10, "saveTotalLimit": 2},
         "output": {"uri": f"s3://ckpt/{prefix}-out"},
@@ -36,17 +48,19 @@ def with_s3(spec: dict[str, Any], s3: Any) -> dict[str, Any]:
 
 def download_output(s3: Any, prefix: str, dest: Path) -> Path:
     client = s3.client()
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket="ckpt",
-                                                                  Prefix=f"{prefix}-out/"):
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket="ckpt", Prefix=f"{prefix}-out/"
+    ):
         for obj in page.get("Contents", []):
-            path = dest / obj["Key"][len(prefix) + 5:]
+            path = dest / obj["Key"][len(prefix) + 5 :]
             path.parent.mkdir(parents=True, exist_ok=True)
             client.download_file("ckpt", obj["Key"], str(path))
     return dest
 
 
-def reference_training(tiny_model: Path, spec: dict[str, Any], s3: Any, world: int,
-                       steps: int) -> dict[str, torch.Tensor]:
+def reference_training(
+    tiny_model: Path, spec: dict[str, Any], s3: Any, world: int, steps: int
+) -> dict[str, torch.Tensor]:
     """One process trained on the same global batches the ranks formed together."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -71,11 +85,9 @@ def reference_training(tiny_model: Path, spec: dict[str, Any], s3: Any, world: i
                 if example is not None:
                     examples.append(example[0])
         pairs = list(zip(*(e.texts for e in examples), strict=True))
-        enc = tokenizer(*pairs, truncation=True, max_length=64, padding=True,
-                        return_tensors="pt")
+        enc = tokenizer(*pairs, truncation=True, max_length=64, padding=True, return_tensors="pt")
         logits = model(**enc).logits
-        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([e.label for e in
-                                                                       examples]))
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([e.label for e in examples]))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
         optimizer.step()
@@ -85,7 +97,10 @@ def reference_training(tiny_model: Path, spec: dict[str, Any], s3: Any, world: i
 
 
 def test_gradients_are_synchronised_across_machine_ranks(
-    s3: Any, mrpc_in_s3: dict[str, str], tiny_model: Path, tmp_path: Path,
+    s3: Any,
+    mrpc_in_s3: dict[str, str],
+    tiny_model: Path,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for key, value in s3.env().items():
@@ -113,17 +128,24 @@ def test_gradients_are_synchronised_across_machine_ranks(
 def committed_steps(client: Any, prefix: str) -> list[int]:
     from trainer_support import iter_s3_keys
 
-    return sorted(int(k.split("/")[1][len("step-"):]) for k in
-                  iter_s3_keys(client, "ckpt", f"{prefix}/") if k.endswith("/manifest.json"))
+    return sorted(
+        int(k.split("/")[1][len("step-") :])
+        for k in iter_s3_keys(client, "ckpt", f"{prefix}/")
+        if k.endswith("/manifest.json")
+    )
 
 
 def test_killed_rank_resumes_exactly_and_skips_a_damaged_checkpoint(
-    s3: Any, mrpc_in_s3: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    s3: Any,
+    mrpc_in_s3: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import os
     import signal
 
     from controlplane import wait_for
+
     from trainer_support import start_nodes, wait_nodes
 
     steps = 120
@@ -134,8 +156,7 @@ def test_killed_rank_resumes_exactly_and_skips_a_damaged_checkpoint(
 
     spec = with_s3(mrpc_spec(mrpc_in_s3, "killed", maxSteps=steps), s3)
     nodes = start_nodes(spec, tmp_path / "attempt-1", extra=s3.env())
-    wait_for(lambda: len(committed_steps(client, "killed")) >= 2, 180,
-             "two committed checkpoints")
+    wait_for(lambda: len(committed_steps(client, "killed")) >= 2, 180, "two committed checkpoints")
     victims = nodes[1].workers()
     assert victims, nodes[1].output()
     os.kill(victims[0], signal.SIGKILL)
@@ -155,8 +176,7 @@ def test_killed_rank_resumes_exactly_and_skips_a_damaged_checkpoint(
     log = resumed[0].output()
     assert f"checkpoint step-{survivors[-1]:09d} is damaged" in log, log
     assert f"falling back to step-{survivors[-2]:09d}" in log
-    assert f"resuming from s3://ckpt/killed/step-{survivors[-2]:09d} at step {survivors[-2]}" \
-        in log
+    assert f"resuming from s3://ckpt/killed/step-{survivors[-2]:09d} at step {survivors[-2]}" in log
     assert f"done: {steps} steps" in log
 
     final = load_weights(download_output(s3, "killed", tmp_path / "resumed"))

@@ -18,15 +18,22 @@ from trainer_support import MRPC, TRAINER, job_env
 MRPC_COLUMNS = "Quality, #1 ID, #2 ID, #1 String, #2 String"
 
 
-def run_trainer(spec: dict[str, Any], work: Path, extra: dict[str, str] | None = None
-                ) -> subprocess.CompletedProcess[str]:
+def run_trainer(
+    spec: dict[str, Any], work: Path, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = job_env(spec, work, nodes=1, procs=1, master_port=0, extra=extra)
     env.update({"FT_NODE_RANK": "0", "FT_WORK_DIR": str(work), "FT_MASTER_PORT": "29400"})
     from controlplane import free_port
 
     env["FT_MASTER_PORT"] = str(free_port())
-    proc = subprocess.Popen(TRAINER, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        TRAINER,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=300)
     finally:
@@ -39,8 +46,12 @@ def run_trainer(spec: dict[str, Any], work: Path, extra: dict[str, str] | None =
 def base_spec(tiny_model: Path, data: str, work: Path) -> dict[str, Any]:
     return {
         "model": {"uri": f"file://{tiny_model}", "numLabels": 2},
-        "dataset": {"uri": data, "format": "tsv", "textColumns": ["#1 String", "#2 String"],
-                    "labelColumn": "Quality"},
+        "dataset": {
+            "uri": data,
+            "format": "tsv",
+            "textColumns": ["#1 String", "#2 String"],
+            "labelColumn": "Quality",
+        },
         "training": {"maxSteps": 2, "evalStrategy": "no"},
         "checkpoints": {"uri": f"file://{work}/ckpt"},
     }
@@ -52,8 +63,10 @@ def remote_code_model(tiny_model: Path, dest: Path) -> Path:
     shutil.copytree(tiny_model, dest)
     config = json.loads((dest / "config.json").read_text())
     config["model_type"] = "acme-bert"
-    config["auto_map"] = {"AutoConfig": "modeling_acme.AcmeConfig",
-                          "AutoModelForSequenceClassification": "modeling_acme.AcmeModel"}
+    config["auto_map"] = {
+        "AutoConfig": "modeling_acme.AcmeConfig",
+        "AutoModelForSequenceClassification": "modeling_acme.AcmeModel",
+    }
     (dest / "config.json").write_text(json.dumps(config))
     (dest / "modeling_acme.py").write_text("raise SystemExit('remote code ran')\n")
     return dest
@@ -64,28 +77,41 @@ def write(path: Path, text: str) -> str:
     return f"file://{path}"
 
 
-CASES = ["missing-text-column", "label-out-of-range", "empty-dataset", "missing-model",
-         "unreachable-s3", "needs-remote-code"]
+CASES = [
+    "missing-text-column",
+    "label-out-of-range",
+    "empty-dataset",
+    "missing-model",
+    "unreachable-s3",
+    "needs-remote-code",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_fails_fast_with_one_clear_line(case: str, tiny_model: Path,
-                                                  tmp_path: Path) -> None:
+def test_bad_input_fails_fast_with_one_clear_line(
+    case: str, tiny_model: Path, tmp_path: Path
+) -> None:
     spec = base_spec(tiny_model, f"file://{MRPC}/train.tsv", tmp_path)
     extra: dict[str, str] = {}
     if case == "missing-text-column":
         spec["dataset"]["textColumns"] = ["sentence1", "sentence2"]
-        expected = ("spec.dataset.textColumns: column 'sentence1' not found in "
-                    f"{str(MRPC / 'train.tsv').lstrip('/')}; the data has columns: {MRPC_COLUMNS}")
+        expected = (
+            "spec.dataset.textColumns: column 'sentence1' not found in "
+            f"{str(MRPC / 'train.tsv').lstrip('/')}; the data has columns: {MRPC_COLUMNS}"
+        )
     elif case == "label-out-of-range":
-        spec["dataset"] = {"uri": write(tmp_path / "d.jsonl",
-                                        '{"text": "fine", "label": 1}\n'
-                                        '{"text": "odd", "label": 3}\n'),
-                           "textColumns": ["text"]}
+        spec["dataset"] = {
+            "uri": write(
+                tmp_path / "d.jsonl", '{"text": "fine", "label": 1}\n{"text": "odd", "label": 3}\n'
+            ),
+            "textColumns": ["text"],
+        }
         expected = "spec.model.numLabels: label 3 in"
     elif case == "empty-dataset":
-        spec["dataset"] = {"uri": write(tmp_path / "train.csv", "label,text\n"),
-                           "textColumns": ["text"]}
+        spec["dataset"] = {
+            "uri": write(tmp_path / "train.csv", "label,text\n"),
+            "textColumns": ["text"],
+        }
         expected = "spec.dataset: the training data has no usable examples"
     elif case == "missing-model":
         spec["model"]["uri"] = f"file://{tmp_path}/no-such-model"
@@ -95,8 +121,12 @@ def test_bad_input_fails_fast_with_one_clear_line(case: str, tiny_model: Path,
 
         spec["checkpoints"]["uri"] = "s3://ckpt/unreachable"
         spec["s3"] = {"endpoint": f"http://127.0.0.1:{free_port()}", "forcePathStyle": True}
-        extra = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
-                 "FT_S3_ATTEMPTS": "2", "FT_S3_CONNECT_TIMEOUT": "1"}
+        extra = {
+            "AWS_ACCESS_KEY_ID": "x",
+            "AWS_SECRET_ACCESS_KEY": "y",
+            "FT_S3_ATTEMPTS": "2",
+            "FT_S3_CONNECT_TIMEOUT": "1",
+        }
         expected = "S3 endpoint unreachable after retries"
     else:
         spec["model"]["uri"] = f"file://{remote_code_model(tiny_model, tmp_path / 'acme')}"

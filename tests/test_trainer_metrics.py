@@ -10,7 +10,8 @@ import urllib.request
 from pathlib import Path
 
 from controlplane import free_port, wait_for
-from trainer_support import start_nodes, wait_nodes, waimai_jsonl
+
+from trainer_support import start_nodes, waimai_jsonl, wait_nodes
 
 
 def query(prom_port: int, expr: str) -> list[dict[str, object]]:
@@ -28,26 +29,39 @@ def test_prometheus_sees_loss_and_step_move(tiny_model: Path, tmp_path: Path) ->
         "global: {scrape_interval: 1s, scrape_timeout: 900ms}\n"
         "scrape_configs:\n"
         "  - job_name: finetune\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n")
+        f"    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n"
+    )
     prom = subprocess.Popen(
-        [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prom_port}"],
-        stdout=(tmp_path / "prometheus.log").open("w"), stderr=subprocess.STDOUT)
+        [
+            prometheus,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=(tmp_path / "prometheus.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
     data = waimai_jsonl(tmp_path / "train.jsonl", rows=2000)
     spec = {
         "model": {"uri": f"file://{tiny_model}", "numLabels": 2},
         "dataset": {"uri": f"file://{data}", "textColumns": ["text"]},
-        "training": {"maxSteps": 600, "perDeviceTrainBatchSize": 8, "learningRate": 1e-3,
-                     "evalStrategy": "no", "loggingSteps": 50},
+        "training": {
+            "maxSteps": 600,
+            "perDeviceTrainBatchSize": 8,
+            "learningRate": 1e-3,
+            "evalStrategy": "no",
+            "loggingSteps": 50,
+        },
         "checkpoints": {"uri": f"file://{tmp_path}/ckpt", "saveSteps": 200},
     }
-    nodes = start_nodes(spec, tmp_path / "run", nodes=1,
-                        extra={"FT_METRICS_PORT": str(metrics_port)})
+    nodes = start_nodes(
+        spec, tmp_path / "run", nodes=1, extra={"FT_METRICS_PORT": str(metrics_port)}
+    )
     steps: set[float] = set()
     losses: set[float] = set()
     selector = '{finetunejob="test-job",namespace="tests"}'
     try:
+
         def moving() -> bool:
             for name, seen in (("finetune_global_step", steps), ("finetune_train_loss", losses)):
                 for series in query(prom_port, name + selector):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,9 +33,16 @@ def make_tiny_model(dest: Path) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     tok = AutoTokenizer.from_pretrained(minilm_dir())
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(0)
     BertForSequenceClassification(cfg).save_pretrained(dest, safe_serialization=True)
     tok.save_pretrained(dest)
@@ -47,10 +55,8 @@ def upload_dir(client: Any, local: Path, bucket: str, prefix: str) -> None:
 
 
 def ensure_bucket(client: Any, bucket: str) -> None:
-    try:
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=bucket)
-    except client.exceptions.BucketAlreadyOwnedByYou:
-        pass
 
 
 @dataclass
@@ -89,29 +95,42 @@ class Node:
         return found
 
 
-def job_env(spec: dict[str, Any], work: Path, nodes: int, procs: int, master_port: int,
-            extra: dict[str, str] | None = None) -> dict[str, str]:
+def job_env(
+    spec: dict[str, Any],
+    work: Path,
+    nodes: int,
+    procs: int,
+    master_port: int,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "FT_JOB_SPEC": json.dumps(spec),
-        "FT_JOB_NAME": "test-job",
-        "FT_JOB_NAMESPACE": "tests",
-        "FT_NUM_NODES": str(nodes),
-        "FT_PROCS_PER_NODE": str(procs),
-        "FT_MASTER_ADDR": "127.0.0.1",
-        "FT_MASTER_PORT": str(master_port),
-        "FT_DEVICE": "cpu",
-        "FT_METRICS_PORT": "0",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "FT_JOB_SPEC": json.dumps(spec),
+            "FT_JOB_NAME": "test-job",
+            "FT_JOB_NAMESPACE": "tests",
+            "FT_NUM_NODES": str(nodes),
+            "FT_PROCS_PER_NODE": str(procs),
+            "FT_MASTER_ADDR": "127.0.0.1",
+            "FT_MASTER_PORT": str(master_port),
+            "FT_DEVICE": "cpu",
+            "FT_METRICS_PORT": "0",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra or {})
     return env
 
 
-def start_nodes(spec: dict[str, Any], work: Path, nodes: int = 2, procs: int = 1,
-                extra: dict[str, str] | None = None,
-                per_node: dict[int, dict[str, str]] | None = None) -> list[Node]:
+def start_nodes(
+    spec: dict[str, Any],
+    work: Path,
+    nodes: int = 2,
+    procs: int = 1,
+    extra: dict[str, str] | None = None,
+    per_node: dict[int, dict[str, str]] | None = None,
+) -> list[Node]:
     """Start one launcher per node, as the operator's pods would."""
     port = free_port()
     started = []
@@ -122,8 +141,14 @@ def start_nodes(spec: dict[str, Any], work: Path, nodes: int = 2, procs: int = 1
         env.update({"FT_NODE_RANK": str(rank), "FT_WORK_DIR": str(node_work)})
         env.update((per_node or {}).get(rank, {}))
         log = node_work / "trainer.log"
-        proc = subprocess.Popen(TRAINER, env=env, stdout=log.open("w"),
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            TRAINER,
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         started.append(Node(rank, proc, log))
     return started
 
@@ -141,8 +166,14 @@ def wait_nodes(nodes: list[Node], timeout: float = 600) -> list[int]:
     return codes
 
 
-def run_nodes(spec: dict[str, Any], work: Path, nodes: int = 2, procs: int = 1,
-              extra: dict[str, str] | None = None, timeout: float = 600) -> list[Node]:
+def run_nodes(
+    spec: dict[str, Any],
+    work: Path,
+    nodes: int = 2,
+    procs: int = 1,
+    extra: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> list[Node]:
     started = start_nodes(spec, work, nodes, procs, extra)
     codes = wait_nodes(started, timeout)
     assert codes == [0] * nodes, "\n\n".join(n.output()[-4000:] for n in started)
@@ -177,6 +208,10 @@ def waimai_jsonl(dest: Path, rows: int) -> Path:
     pos = [r for r in reader if r["label"] == "1"]
     neg = [r for r in reader if r["label"] == "0"]
     mixed = [r for pair in zip(pos, neg, strict=False) for r in pair][:rows]
-    dest.write_text("".join(json.dumps({"text": r["review"], "label": int(r["label"])},
-                                       ensure_ascii=False) + "\n" for r in mixed))
+    dest.write_text(
+        "".join(
+            json.dumps({"text": r["review"], "label": int(r["label"])}, ensure_ascii=False) + "\n"
+            for r in mixed
+        )
+    )
     return dest

@@ -13,8 +13,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def minio_binary() -> Path:
-    out = subprocess.run(["bash", str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE,
-                         text=True)
+    out = subprocess.run(
+        ["bash", str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True
+    )
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -37,14 +38,28 @@ class S3Server:
     def start(self) -> S3Server:
         from controlplane import wait_for
 
-        env = dict(os.environ, MINIO_ROOT_USER=self.access_key,
-                   MINIO_ROOT_PASSWORD=self.secret_key, MINIO_BROWSER="off",
-                   MINIO_UPDATE="off")
+        env = dict(
+            os.environ,
+            MINIO_ROOT_USER=self.access_key,
+            MINIO_ROOT_PASSWORD=self.secret_key,
+            MINIO_BROWSER="off",
+            MINIO_UPDATE="off",
+        )
         log = (self.workdir / "minio.log").open("ab")
         self.proc = subprocess.Popen(
-            [str(minio_binary()), "server", str(self.workdir / "data"),
-             "--address", f"127.0.0.1:{self.port}", "--quiet"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(minio_binary()),
+                "server",
+                str(self.workdir / "data"),
+                "--address",
+                f"127.0.0.1:{self.port}",
+                "--quiet",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
         def live() -> bool:
             assert self.proc is not None
@@ -60,10 +75,14 @@ class S3Server:
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key,
-                            config=Config(s3={"addressing_style": "path"}))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(s3={"addressing_style": "path"}),
+        )
 
     def stop(self) -> None:
         if self.proc is not None:

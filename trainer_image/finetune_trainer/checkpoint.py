@@ -64,8 +64,14 @@ class DamagedCheckpoint(Exception):
 
 
 class CheckpointStore:
-    def __init__(self, uri: str, s3: S3Spec | None, keep: int = 3, keep_best: bool = False,
-                 best_metric: str = "loss") -> None:
+    def __init__(
+        self,
+        uri: str,
+        s3: S3Spec | None,
+        keep: int = 3,
+        keep_best: bool = False,
+        best_metric: str = "loss",
+    ) -> None:
         self.uri = uri.rstrip("/")
         self.store: Store = open_store(self.uri, s3)
         self.keep = keep
@@ -77,7 +83,7 @@ class CheckpointStore:
     def committed(self) -> list[Committed]:
         """Committed checkpoints, oldest first."""
         out = []
-        for obj in self.store.list():
+        for obj in self.store.list_objects():
             folder, _, name = obj.key.rpartition("/")
             if name != MANIFEST or not folder.startswith("step-"):
                 continue
@@ -120,8 +126,13 @@ class CheckpointStore:
 
     # --- writing -----------------------------------------------------------------
 
-    def commit(self, local: Path, step: int, metrics: dict[str, float] | None = None,
-               on_bytes: Callable[[int], None] | None = None) -> Committed:
+    def commit(
+        self,
+        local: Path,
+        step: int,
+        metrics: dict[str, float] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> Committed:
         folder = step_dir(step)
         files: dict[str, dict[str, Any]] = {}
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
@@ -152,7 +163,7 @@ class CheckpointStore:
 
     def prune(self, newest: Committed) -> None:
         committed = self.committed()
-        keep = {c.step for c in committed[-self.keep:]} | {newest.step}
+        keep = {c.step for c in committed[-self.keep :]} | {newest.step}
         best = self._best(committed) if self.keep_best else None
         if best is not None:
             keep.add(best.step)
@@ -163,9 +174,13 @@ class CheckpointStore:
                 self.store.delete([f"{c.folder}/{name}" for name in c.manifest["files"]])
         # Leftovers of uploads that died before their manifest was written.
         committed_folders = {c.folder for c in committed}
-        stale = [o.key for o in self.store.list()
-                 if o.key.startswith("step-") and o.key.split("/", 1)[0] not in committed_folders
-                 and o.key.split("/", 1)[0] < newest.folder]
+        stale = [
+            o.key
+            for o in self.store.list_objects()
+            if o.key.startswith("step-")
+            and o.key.split("/", 1)[0] not in committed_folders
+            and o.key.split("/", 1)[0] < newest.folder
+        ]
         if stale:
             self.store.delete(stale)
 
@@ -178,9 +193,12 @@ class CheckpointStore:
 class BackgroundUploader:
     """Commits one checkpoint at a time in a thread; errors surface on the next call."""
 
-    def __init__(self, store: CheckpointStore,
-                 on_done: Callable[[Committed, float], None] | None = None,
-                 on_bytes: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: CheckpointStore,
+        on_done: Callable[[Committed, float], None] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
         self.store = store
         self.on_done = on_done
         self.on_bytes = on_bytes

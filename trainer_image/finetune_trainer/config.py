@@ -103,6 +103,15 @@ def _load_spec(env: Mapping[str, str]) -> dict[str, Any]:
     return spec
 
 
+def _termination_log(env: Mapping[str, str], work_dir: Path) -> Path:
+    """Kubernetes' terminationMessagePath in a pod; a file in the work dir elsewhere."""
+    if env.get(Env.TERMINATION_LOG):
+        return Path(env[Env.TERMINATION_LOG])
+    if Path(TERMINATION_LOG_PATH).exists():
+        return Path(TERMINATION_LOG_PATH)
+    return work_dir / "termination-log"
+
+
 def from_env(env: Mapping[str, str] | None = None) -> TrainerConfig:
     """Parse the contract; a PermanentError names what is wrong."""
     env = os.environ if env is None else env
@@ -114,7 +123,10 @@ def from_env(env: Mapping[str, str] | None = None) -> TrainerConfig:
     num_nodes = _int(env, Env.NUM_NODES, spec.resources.nodes, 1)
     node_rank = _int(env, Env.NODE_RANK, 0)
     if node_rank >= num_nodes:
-        raise PermanentError(f"{Env.NODE_RANK}={node_rank} must be below {Env.NUM_NODES}={num_nodes}")
+        raise PermanentError(
+            f"{Env.NODE_RANK}={node_rank} must be below {Env.NUM_NODES}={num_nodes}"
+        )
+    work_dir = Path(env.get(Env.WORK_DIR, "/tmp/finetune"))  # noqa: S108 - pod scratch
     return TrainerConfig(
         job_name=env.get(Env.JOB_NAME, "finetune"),
         namespace=env.get(Env.JOB_NAMESPACE, "default"),
@@ -126,8 +138,8 @@ def from_env(env: Mapping[str, str] | None = None) -> TrainerConfig:
         procs_per_node=_int(env, Env.PROCS_PER_NODE, spec.resources.gpus_per_node, 1),
         attempt=_int(env, Env.ATTEMPT, 1, 1),
         metrics_port=_int(env, Env.METRICS_PORT, METRICS_PORT, 0),
-        work_dir=Path(env.get(Env.WORK_DIR, "/tmp/finetune")),  # noqa: S108
-        termination_log=Path(env.get(Env.TERMINATION_LOG, TERMINATION_LOG_PATH)),
+        work_dir=work_dir,
+        termination_log=_termination_log(env, work_dir),
         device=env.get(Env.DEVICE, "auto"),
         shard_bytes=_int(env, Env.SHARD_BYTES, DEFAULT_SHARD_BYTES, 1),
     )

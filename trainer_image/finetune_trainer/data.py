@@ -3,8 +3,8 @@
 The training files are cut into *units*: line-aligned byte ranges of jsonl,
 csv and tsv files (a unit owns every line that starts inside its range) or
 row groups of parquet files. Each epoch the units are shuffled with the seed
-and dealt round-robin to the ranks, so every example belongs to exactly one
-rank. A rank reads its units as a stream, in blocks of BLOCK examples
+and each is dealt to the rank with the fewest examples so far, so every
+example belongs to exactly one rank and the ranks stay balanced. A rank reads its units as a stream, in blocks of BLOCK examples
 shuffled with a seed derived from (seed, epoch, unit, block start).
 
 The read position is (epoch, unit index, block start, examples taken from the
@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import random
 from collections.abc import Iterator
@@ -31,12 +32,11 @@ from typing import Any
 from finetune_operator.api.types import DatasetSpec, FineTuneJobSpec
 
 from .errors import PermanentError
-from .storage import ObjectInfo, Store, iter_lines, resolve_files
+from .storage import ObjectInfo, iter_lines, resolve_files
 
 BLOCK = 512
-MIN_SHARD_BYTES = 64 * 1024
-FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
-           ".parquet": "parquet"}
+MIN_SHARD_BYTES = 16 * 1024
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,9 @@ class Source:
         if not files:
             raise PermanentError(f"spec.dataset.uri: no data files found at {uri}")
         single = len(files) == 1
-        self.train_files = split_files(files, self.spec.train_split,
-                                       fallback_all=self.spec.eval_split is None or single)
+        self.train_files = split_files(
+            files, self.spec.train_split, fallback_all=self.spec.eval_split is None or single
+        )
         self.eval_files: list[ObjectInfo] = []
         if self.spec.eval_split:
             pool = files
@@ -161,8 +162,8 @@ class Source:
 
     def plan_units(self, world_size: int, max_shard_bytes: int) -> list[Unit]:
         total = sum(f.size for f in self.train_files)
-        # A few units per rank balance the ranks; one rank needs no balancing.
-        pieces = world_size * 4 if world_size > 1 else 1
+        # Many small units per rank balance the ranks; one rank needs no balancing.
+        pieces = world_size * 16 if world_size > 1 else 1
         target = max(MIN_SHARD_BYTES, min(max_shard_bytes, total // pieces))
         units: list[Unit] = []
         for f in sorted(self.train_files, key=lambda f: f.key):
@@ -173,7 +174,7 @@ class Source:
             else:
                 n = -(-f.size // target)
                 bounds = [f.size * k // n for k in range(n + 1)]
-                units += [Unit(f.key, fmt, a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+                units += [Unit(f.key, fmt, a, b) for a, b in itertools.pairwise(bounds)]
         return units
 
     # --- reading -------------------------------------------------------------------
@@ -202,8 +203,7 @@ class Source:
         wanted = [*self.spec.text_columns, self.spec.label_column]
         missing = [c for c in wanted if c not in columns]
         if missing:
-            field_name = ("labelColumn" if missing == [self.spec.label_column]
-                          else "textColumns")
+            field_name = "labelColumn" if missing == [self.spec.label_column] else "textColumns"
             raise PermanentError(
                 f"spec.dataset.{field_name}: column {missing[0]!r} not found in {where}; "
                 f"the data has columns: {', '.join(columns)}"
@@ -278,8 +278,7 @@ class Source:
                     continue
                 yield start, self._parse(text, unit.fmt, header, f"{where} at byte {start}")
 
-    def _parse(self, text: str, fmt: str, header: list[str] | None,
-               where: str) -> Example | None:
+    def _parse(self, text: str, fmt: str, header: list[str] | None, where: str) -> Example | None:
         if fmt == "jsonl":
             try:
                 row = json.loads(text)
@@ -298,19 +297,20 @@ class Source:
             fmt = file_format(f.key, self.spec.format)
             groups = self._parquet(f.key).metadata.num_row_groups if fmt == "parquet" else 1
             for g in range(groups):
-                unit = Unit(f.key, fmt, g if fmt == "parquet" else 0,
-                            g + 1 if fmt == "parquet" else f.size)
+                unit = Unit(
+                    f.key, fmt, g if fmt == "parquet" else 0, g + 1 if fmt == "parquet" else f.size
+                )
                 out += [e for _, e in self.records(unit, None) if e is not None]
         return out
 
 
 def _sibling_uri(uri: str, parent: str) -> str:
     if uri.startswith("s3://"):
-        bucket = uri[len("s3://"):].split("/", 1)[0]
+        bucket = uri[len("s3://") :].split("/", 1)[0]
         return f"s3://{bucket}/{parent}/" if parent else f"s3://{bucket}/"
     scheme = uri.split("://", 1)[0]
     if scheme == "pvc":
-        claim = uri[len("pvc://"):].split("/", 1)[0]
+        claim = uri[len("pvc://") :].split("/", 1)[0]
         return f"pvc://{claim}/{parent}"
     return f"file:///{parent}"
 
@@ -342,27 +342,41 @@ def count_units(source: Source, units: list[Unit], mine: list[int]) -> DataIndex
     return DataIndex(units, counts, held)
 
 
-def epoch_assignment(units: list[Unit], epoch: int, seed: int, rank: int,
-                     world_size: int) -> list[Unit]:
-    """The units a rank reads in an epoch: shuffled with the seed, dealt round-robin."""
-    order = list(units)
+def epoch_assignment(
+    index: DataIndex, epoch: int, seed: int, rank: int, world_size: int
+) -> list[Unit]:
+    """The units a rank reads in an epoch.
+
+    The units are shuffled with (seed, epoch), then each goes to the rank with
+    the fewest examples so far, so ranks finish their epoch together.
+    """
+    order = list(index.units)
     random.Random(f"{seed}:{epoch}").shuffle(order)
-    return order[rank::world_size]
+    loads = [0] * world_size
+    mine: list[Unit] = []
+    for unit in order:
+        target = min(range(world_size), key=lambda r: (loads[r], r))
+        loads[target] += index.counts.get(unit.ident, 0)
+        if target == rank:
+            mine.append(unit)
+    return mine
 
 
 def rank_examples(index: DataIndex, epoch: int, seed: int, rank: int, world_size: int) -> int:
-    return sum(index.counts[u.ident]
-               for u in epoch_assignment(index.units, epoch, seed, rank, world_size))
+    return sum(
+        index.counts[u.ident] for u in epoch_assignment(index, epoch, seed, rank, world_size)
+    )
 
 
-def stream(source: Source, index: DataIndex, position: Position, seed: int, rank: int,
-           world_size: int) -> Iterator[tuple[Example, Position]]:
+def stream(
+    source: Source, index: DataIndex, position: Position, seed: int, rank: int, world_size: int
+) -> Iterator[tuple[Example, Position]]:
     """The examples of one rank for position.epoch, from position on.
 
     Yields each example with the position just after it; a checkpoint stores
     the position of the last example a step consumed.
     """
-    units = epoch_assignment(index.units, position.epoch, seed, rank, world_size)
+    units = epoch_assignment(index, position.epoch, seed, rank, world_size)
     fraction = source.spec.eval_fraction
     for ui in range(position.unit, len(units)):
         unit = units[ui]

@@ -8,6 +8,7 @@ treated as retryable by the operator.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -39,10 +40,8 @@ def record_failure(error: BaseException) -> int:
     if previous and previous[0] == ExitCode.PERMANENT and code != ExitCode.PERMANENT:
         # Peers fail too once one rank stops; keep the root cause.
         return code
-    try:
+    with contextlib.suppress(OSError):
         termination_log().write_text(f"{code} {line}\n")
-    except OSError:
-        pass
     return code
 
 

@@ -25,14 +25,14 @@ def compute(predictions: list[int], references: list[int], num_labels: int) -> d
     import evaluate
 
     metric = evaluate.load(str(METRIC_MODULE))
-    result = metric.compute(predictions=predictions, references=references,
-                            num_labels=num_labels)
+    result = metric.compute(predictions=predictions, references=references, num_labels=num_labels)
     return {k: float(v) for k, v in (result or {}).items()}
 
 
 class Evaluator:
-    def __init__(self, acc: Any, spec: FineTuneJobSpec, tokenizer: Any,
-                 examples: list[Example]) -> None:
+    def __init__(
+        self, acc: Any, spec: FineTuneJobSpec, tokenizer: Any, examples: list[Example]
+    ) -> None:
         self.acc = acc
         self.spec = spec
         self.tokenizer = tokenizer
@@ -50,14 +50,19 @@ class Evaluator:
             for i in range(0, len(self.examples), size):
                 chunk = self.examples[i : i + size]
                 columns = list(zip(*(e.texts for e in chunk), strict=True))
-                enc = self.tokenizer(*columns, truncation=True, padding=True,
-                                     max_length=self.spec.dataset.max_seq_length,
-                                     return_tensors="pt").to(self.acc.device)
+                enc = self.tokenizer(
+                    *columns,
+                    truncation=True,
+                    padding=True,
+                    max_length=self.spec.dataset.max_seq_length,
+                    return_tensors="pt",
+                ).to(self.acc.device)
                 target = torch.tensor([e.label for e in chunk], device=self.acc.device)
                 with self.acc.autocast():
                     logits = model(**enc).logits.float()
-                loss_sum += float(torch.nn.functional.cross_entropy(
-                    logits, target, reduction="sum").item())
+                loss_sum += float(
+                    torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
+                )
                 preds += logits.argmax(-1).tolist()
                 labels += target.tolist()
         model.train()

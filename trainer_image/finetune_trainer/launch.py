@@ -19,21 +19,15 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from finetune_operator.constants import TERMINATION_LOG_PATH, Env, ExitCode
+from finetune_operator.constants import Env, ExitCode
 
 from .config import TrainerConfig, from_env
 from .errors import PermanentError, record_failure, recorded_failure
 
 
-def termination_log_path(env: Mapping[str, str], cfg: TrainerConfig) -> Path:
-    if env.get(Env.TERMINATION_LOG):
-        return Path(env[Env.TERMINATION_LOG])
-    if Path(TERMINATION_LOG_PATH).exists():
-        return Path(TERMINATION_LOG_PATH)
-    return cfg.work_dir / "termination-log"
-
-
-def accelerate_command(cfg: TrainerConfig, env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
+def accelerate_command(
+    cfg: TrainerConfig, env: Mapping[str, str]
+) -> tuple[list[str], dict[str, str]]:
     """The `accelerate launch` argv and environment for this node."""
     argv = [sys.executable, "-m", "accelerate.commands.launch"]
     if cfg.world_size > 1:
@@ -41,20 +35,31 @@ def accelerate_command(cfg: TrainerConfig, env: Mapping[str, str]) -> tuple[list
     if cfg.device == "cpu":
         argv += ["--cpu"] if cfg.world_size == 1 else []
     argv += [
-        "--num_machines", str(cfg.num_nodes),
-        "--machine_rank", str(cfg.node_rank),
-        "--num_processes", str(cfg.world_size),
-        "--main_process_ip", cfg.master_addr,
-        "--main_process_port", str(cfg.master_port),
-        "--mixed_precision", "no",  # chosen by the worker from spec.training.precision
-        "--dynamo_backend", "no",
-        "--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // cfg.procs_per_node)),
-        "--max_restarts", "0",
-        "--monitor_interval", "1",
-        "-m", "finetune_trainer.worker",
+        "--num_machines",
+        str(cfg.num_nodes),
+        "--machine_rank",
+        str(cfg.node_rank),
+        "--num_processes",
+        str(cfg.world_size),
+        "--main_process_ip",
+        cfg.master_addr,
+        "--main_process_port",
+        str(cfg.master_port),
+        "--mixed_precision",
+        "no",  # chosen by the worker from spec.training.precision
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        str(max(1, (os.cpu_count() or 1) // cfg.procs_per_node)),
+        "--max_restarts",
+        "0",
+        "--monitor_interval",
+        "1",
+        "-m",
+        "finetune_trainer.worker",
     ]
     out = dict(env)
-    out[Env.TERMINATION_LOG] = str(termination_log_path(env, cfg))
+    out[Env.TERMINATION_LOG] = str(cfg.termination_log)
     out.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     out.setdefault("TOKENIZERS_PARALLELISM", "false")
     out.setdefault("PYTHONUNBUFFERED", "1")

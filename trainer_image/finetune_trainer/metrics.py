@@ -7,6 +7,8 @@ about the job (and never a credential) becomes a label.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LABELS = ("finetunejob", "namespace")
@@ -22,7 +24,9 @@ class TrainerMetrics:
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(name, doc, LABELS, registry=r)
 
-        self.train_loss = gauge("finetune_train_loss", "Training loss of the last step.").labels(*lv)
+        self.train_loss = gauge("finetune_train_loss", "Training loss of the last step.").labels(
+            *lv
+        )
         self.learning_rate = gauge("finetune_learning_rate", "Current learning rate.").labels(*lv)
         self.global_step = gauge("finetune_global_step", "Optimizer steps completed.").labels(*lv)
         self.total_steps = gauge("finetune_total_steps", "Optimizer steps planned.").labels(*lv)
@@ -40,12 +44,16 @@ class TrainerMetrics:
             "finetune_train_samples", "Training samples consumed by all ranks.", LABELS, registry=r
         ).labels(*lv)
         self.tokens = Counter(
-            "finetune_train_tokens", "Training tokens (non-padding) consumed by all ranks.",
-            LABELS, registry=r,
+            "finetune_train_tokens",
+            "Training tokens (non-padding) consumed by all ranks.",
+            LABELS,
+            registry=r,
         ).labels(*lv)
         self.data_wait = Counter(
-            "finetune_data_wait_seconds", "Time this process waited for training data.",
-            LABELS, registry=r,
+            "finetune_data_wait_seconds",
+            "Time this process waited for training data.",
+            LABELS,
+            registry=r,
         ).labels(*lv)
         self.eval_metric = Gauge(
             "finetune_eval_metric", "Latest evaluation metrics.", (*LABELS, "metric"), registry=r
@@ -53,23 +61,31 @@ class TrainerMetrics:
         self.checkpoint_save_seconds = Histogram(
             "finetune_checkpoint_save_seconds",
             "Time training paused to snapshot a checkpoint locally.",
-            LABELS, buckets=SAVE_BUCKETS, registry=r,
+            LABELS,
+            buckets=SAVE_BUCKETS,
+            registry=r,
         ).labels(*lv)
         self.checkpoint_upload_seconds = Histogram(
             "finetune_checkpoint_upload_seconds",
             "Time to upload and commit a checkpoint (in the background).",
-            LABELS, buckets=SAVE_BUCKETS, registry=r,
+            LABELS,
+            buckets=SAVE_BUCKETS,
+            registry=r,
         ).labels(*lv)
         self.checkpoint_bytes = Counter(
             "finetune_checkpoint_bytes", "Checkpoint bytes uploaded.", LABELS, registry=r
         ).labels(*lv)
         self.gpu_utilization = Gauge(
-            "finetune_gpu_utilization_ratio", "GPU utilisation, 0 to 1.", (*LABELS, "gpu"),
+            "finetune_gpu_utilization_ratio",
+            "GPU utilisation, 0 to 1.",
+            (*LABELS, "gpu"),
             registry=r,
         )
         self.gpu_memory = Gauge(
-            "finetune_gpu_memory_used_bytes", "GPU memory allocated by training.",
-            (*LABELS, "gpu"), registry=r,
+            "finetune_gpu_memory_used_bytes",
+            "GPU memory allocated by training.",
+            (*LABELS, "gpu"),
+            registry=r,
         )
         self._lv = lv
 
@@ -84,12 +100,11 @@ class TrainerMetrics:
             return
         for i in range(torch.cuda.device_count()):
             self.gpu_memory.labels(*self._lv, str(i)).set(torch.cuda.memory_allocated(i))
-            try:
+            # Utilisation needs NVML; memory is reported either way.
+            with contextlib.suppress(Exception):
                 self.gpu_utilization.labels(*self._lv, str(i)).set(
                     torch.cuda.utilization(i) / 100.0
                 )
-            except Exception:  # noqa: S110 - needs NVML; memory is still reported
-                pass
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)  # noqa: S104

@@ -32,7 +32,7 @@ def fetch_model(spec: FineTuneJobSpec, work_dir: Path) -> str:
         return str(PVC_ROOT / claim / path)
     store = open_store(uri.rstrip("/"), spec.s3)
     store.check()
-    files = store.list()
+    files = store.list_objects()
     if not files:
         raise PermanentError(f"spec.model.uri: no model files under {uri}")
     dest = work_dir / "model"
@@ -70,9 +70,14 @@ def load(spec: FineTuneJobSpec, work_dir: Path) -> tuple[Any, Any]:
         config = AutoConfig.from_pretrained(
             source, revision=revision, trust_remote_code=trust, **extra
         )
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=revision, trust_remote_code=trust
+        )
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, config=config, revision=revision, trust_remote_code=trust,
+            source,
+            config=config,
+            revision=revision,
+            trust_remote_code=trust,
             use_safetensors=True,
         )
     except ValueError as e:

@@ -17,7 +17,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ class TrainerState:
 
 def rng_state() -> dict[str, Any]:
     """This process's generator states (gathered to rank 0 for the snapshot)."""
-    np_state = np.random.get_state()
+    np_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": json.loads(json.dumps(random.getstate())),
@@ -91,9 +91,15 @@ def _optimizer_join(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> d
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
-def save(dest: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         scheduler: Any, state: TrainerState, rng_by_rank: list[dict[str, Any]],
-         index: DataIndex) -> int:
+def save(
+    dest: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: TrainerState,
+    rng_by_rank: list[dict[str, Any]],
+    index: DataIndex,
+) -> int:
     """Write a snapshot; returns its size in bytes."""
     dest.mkdir(parents=True, exist_ok=True)
     save_model(model, str(dest / "model.safetensors"))
@@ -101,10 +107,15 @@ def save(dest: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     save_file(tensors, str(dest / "optimizer.safetensors"))
     (dest / "optimizer.json").write_text(json.dumps(rest))
     (dest / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
-    rng_tensors = {f"{r}.{k}": v for r, s in enumerate(rng_by_rank)
-                   for k, v in s.items() if isinstance(v, torch.Tensor)}
-    rng_other = [{k: v for k, v in s.items() if not isinstance(v, torch.Tensor)}
-                 for s in rng_by_rank]
+    rng_tensors = {
+        f"{r}.{k}": v
+        for r, s in enumerate(rng_by_rank)
+        for k, v in s.items()
+        if isinstance(v, torch.Tensor)
+    }
+    rng_other = [
+        {k: v for k, v in s.items() if not isinstance(v, torch.Tensor)} for s in rng_by_rank
+    ]
     save_file(rng_tensors, str(dest / "rng.safetensors"))
     (dest / "rng.json").write_text(json.dumps(rng_other))
     (dest / "trainer_state.json").write_text(json.dumps(state.to_json(), indent=1))
@@ -118,8 +129,9 @@ def load_trainer_state(src: Path) -> tuple[TrainerState, DataIndex]:
     return state, index
 
 
-def restore(src: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, rank: int) -> None:
+def restore(
+    src: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int
+) -> None:
     """Load weights, optimizer, scheduler and this rank's generator states."""
     load_model(model, str(src / "model.safetensors"))
     rest = json.loads((src / "optimizer.json").read_text())
@@ -129,6 +141,11 @@ def restore(src: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     others = json.loads((src / "rng.json").read_text())
     if rank < len(others):
         mine = dict(others[rank])
-        mine.update({k.split(".", 1)[1]: v for k, v in rng_tensors.items()
-                     if k.split(".", 1)[0] == str(rank)})
+        mine.update(
+            {
+                k.split(".", 1)[1]: v
+                for k, v in rng_tensors.items()
+                if k.split(".", 1)[0] == str(rank)
+            }
+        )
         set_rng_state(mine)

@@ -38,7 +38,7 @@ class Store(Protocol):
 
     uri: str
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]: ...
+    def list_objects(self, prefix: str = "") -> list[ObjectInfo]: ...
     def read_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO: ...
     def get_bytes(self, key: str) -> bytes: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
@@ -67,7 +67,7 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         return self.root / key if key else self.root
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
+    def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
         base = self._path(prefix)
         if base.is_file():
             return [ObjectInfo(prefix, base.stat().st_size)]
@@ -140,7 +140,10 @@ class S3Store:
         self.prefix = prefix.strip("/")
         settings = s3 or S3Spec()
         config = Config(
-            retries={"mode": "standard", "max_attempts": int(os.environ.get("FT_S3_ATTEMPTS", "5"))},
+            retries={
+                "mode": "standard",
+                "max_attempts": int(os.environ.get("FT_S3_ATTEMPTS", "5")),
+            },
             connect_timeout=float(os.environ.get("FT_S3_CONNECT_TIMEOUT", "10")),
             read_timeout=60,
             s3={"addressing_style": "path" if settings.force_path_style else "auto"},
@@ -167,7 +170,7 @@ class S3Store:
     def _rel(self, full: str) -> str:
         return full[len(self.prefix) + 1 :] if self.prefix else full
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
+    def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
         full = self._key(prefix)
         out = []
         paginator = self.client.get_paginator("list_objects_v2")
@@ -184,7 +187,6 @@ class S3Store:
     def read_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         rng = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
         if end is not None and end <= start:
-
             return io.BytesIO(b"")
         resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=rng)
         body: BinaryIO = resp["Body"]
@@ -284,7 +286,7 @@ def resolve_files(uri: str, s3: S3Spec | None) -> tuple[Store, list[ObjectInfo]]
     else:
         raise PermanentError(f"unsupported data URI {uri!r}")
     prefix, pattern = split_glob(path)
-    listed = store.list(path if pattern is None else prefix)
+    listed = store.list_objects(path if pattern is None else prefix)
     if pattern is not None:
         listed = [o for o in listed if fnmatch.fnmatchcase(o.key, pattern)]
     return store, [o for o in listed if o.size > 0 and not _hidden(o.key)]

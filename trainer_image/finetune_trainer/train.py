@@ -75,17 +75,22 @@ def build_optimizer(model: torch.nn.Module, t: TrainingSpec, total: int) -> tupl
     """AdamW (no decay on biases and LayerNorm) and the spec's schedule with warm-up."""
     from transformers import get_scheduler
 
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         no_bias = p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias")
         (no_decay if no_bias else decay).append(p)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": t.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}], lr=t.learning_rate,
+        [
+            {"params": decay, "weight_decay": t.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=t.learning_rate,
     )
     warmup = t.warmup_steps or math.ceil(t.warmup_ratio * total)
-    scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
-                              num_training_steps=total)
+    scheduler = get_scheduler(
+        t.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total
+    )
     return optimizer, scheduler
 
 
@@ -145,8 +150,9 @@ class Run:
         use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise PermanentError("FT_DEVICE=cuda but no GPU is visible to the trainer")
-        self.acc = Accelerator(cpu=not use_cuda,
-                               mixed_precision=_mixed_precision(t.precision, use_cuda))
+        self.acc = Accelerator(
+            cpu=not use_cuda, mixed_precision=_mixed_precision(t.precision, use_cuda)
+        )
         self.rank = self.acc.process_index
         self.world = self.acc.num_processes
         self.is_main = self.acc.is_main_process
@@ -159,8 +165,11 @@ class Run:
         self._last_eval_step = -1
         self._samples_window = 0
         self.ckpt = CheckpointStore(
-            cfg.checkpoint_uri, self.spec.s3, keep=self.spec.checkpoints.save_total_limit,
-            keep_best=self.spec.checkpoints.keep_best, best_metric=t.metric_for_best_model,
+            cfg.checkpoint_uri,
+            self.spec.s3,
+            keep=self.spec.checkpoints.save_total_limit,
+            keep_best=self.spec.checkpoints.keep_best,
+            best_metric=t.metric_for_best_model,
         )
 
     # --- set-up ------------------------------------------------------------------
@@ -201,10 +210,14 @@ class Run:
         return DataIndex(units, counts, held)
 
     def _steps_per_epoch(self, index: DataIndex, epoch: int) -> int:
-        per_step = self.spec.training.per_device_train_batch_size * \
-            self.spec.training.gradient_accumulation_steps
-        most = max(rank_examples(index, epoch, self.spec.training.seed, r, self.world)
-                   for r in range(self.world))
+        per_step = (
+            self.spec.training.per_device_train_batch_size
+            * self.spec.training.gradient_accumulation_steps
+        )
+        most = max(
+            rank_examples(index, epoch, self.spec.training.seed, r, self.world)
+            for r in range(self.world)
+        )
         return math.ceil(most / per_step)
 
     def _total_steps(self, index: DataIndex) -> int:
@@ -223,8 +236,9 @@ class Run:
 
     # --- the loop ----------------------------------------------------------------
 
-    def _batches(self, examples: Iterator[tuple[Example, Position]],
-                 tokenizer: Any) -> Iterator[tuple[dict[str, torch.Tensor], int, Position]]:
+    def _batches(
+        self, examples: Iterator[tuple[Example, Position]], tokenizer: Any
+    ) -> Iterator[tuple[dict[str, torch.Tensor], int, Position]]:
         size = self.spec.training.per_device_train_batch_size
         while True:
             chunk = []
@@ -243,8 +257,13 @@ class Run:
 
     def _encode(self, chunk: list[Example], tokenizer: Any) -> dict[str, torch.Tensor]:
         columns = list(zip(*(e.texts for e in chunk), strict=True))
-        enc = tokenizer(*columns, truncation=True, max_length=self.spec.dataset.max_seq_length,
-                        padding=True, return_tensors="pt")
+        enc = tokenizer(
+            *columns,
+            truncation=True,
+            max_length=self.spec.dataset.max_seq_length,
+            padding=True,
+            return_tensors="pt",
+        )
         enc["labels"] = torch.tensor([e.label for e in chunk])
         return dict(enc)
 
@@ -257,8 +276,9 @@ class Run:
         point = self._restore_point()
         if point is not None:
             state, index = load_trainer_state(point[1])
-            log.info("resuming from %s/%s at step %d", self.ckpt.uri, point[0].folder,
-                     state.global_step)
+            log.info(
+                "resuming from %s/%s at step %d", self.ckpt.uri, point[0].folder, state.global_step
+            )
         else:
             index = self._index(source)
             state = TrainerState(world_size=self.world)
@@ -267,28 +287,43 @@ class Run:
         if point is not None:
             restore(point[1], model, optimizer, scheduler, self.rank)
             if state.world_size != self.world:
-                log.warning("world size changed from %d to %d: the current epoch's data "
-                            "restarts from its beginning", state.world_size, self.world)
+                log.warning(
+                    "world size changed from %d to %d: the current epoch's data "
+                    "restarts from its beginning",
+                    state.world_size,
+                    self.world,
+                )
                 state.positions = []
         model, optimizer = self.acc.prepare(model, optimizer)
         evaluator = Evaluator(self.acc, self.spec, tokenizer, self._eval_set(source, index))
         evaluator.model = model
         self.metrics.total_steps.set(state.total_steps)
-        uploader = BackgroundUploader(self.ckpt, on_done=self._committed,
-                                      on_bytes=self.metrics.checkpoint_bytes.inc)
-        position = (state.positions[self.rank] if len(state.positions) == self.world
-                    else Position(epoch=int(state.epoch)))
+        uploader = BackgroundUploader(
+            self.ckpt, on_done=self._committed, on_bytes=self.metrics.checkpoint_bytes.inc
+        )
+        position = (
+            state.positions[self.rank]
+            if len(state.positions) == self.world
+            else Position(epoch=int(state.epoch))
+        )
         if self.is_main:
-            log.info("training %d steps on %d processes (%d nodes), %d examples per step",
-                     state.total_steps, self.world, cfg.num_nodes,
-                     t.per_device_train_batch_size * t.gradient_accumulation_steps * self.world)
+            log.info(
+                "training %d steps on %d processes (%d nodes), %d examples per step",
+                state.total_steps,
+                self.world,
+                cfg.num_nodes,
+                t.per_device_train_batch_size * t.gradient_accumulation_steps * self.world,
+            )
         last_save = time.monotonic()
         started, start_step = time.monotonic(), state.global_step
         ga = t.gradient_accumulation_steps
         dummy = self._encode([Example(("",) * len(self.spec.dataset.text_columns), 0)], tokenizer)
         while state.global_step < state.total_steps:
-            feed = Prefetcher(self._batches(
-                stream(source, index, position, t.seed, self.rank, self.world), tokenizer))
+            feed = Prefetcher(
+                self._batches(
+                    stream(source, index, position, t.seed, self.rank, self.world), tokenizer
+                )
+            )
             steps_this_epoch = self._steps_per_epoch(index, position.epoch)
             epoch_first_step = sum(self._steps_per_epoch(index, e) for e in range(position.epoch))
             done_epoch = False
@@ -303,14 +338,18 @@ class Run:
                         break
                     micro.append(item)
                 local = sum(n for _, n, _ in micro)
-                totals = self.acc.reduce(torch.tensor([float(local), float(len(micro))],
-                                                      device=self.acc.device), "sum")
+                totals = self.acc.reduce(
+                    torch.tensor([float(local), float(len(micro))], device=self.acc.device), "sum"
+                )
                 n_global = int(totals[0].item())
                 if n_global == 0:
                     done_epoch = True
                     break
-                rounds = int(self.acc.reduce(torch.tensor([len(micro)], device=self.acc.device),
-                                             "max").item())
+                rounds = int(
+                    self.acc.reduce(
+                        torch.tensor([len(micro)], device=self.acc.device), "max"
+                    ).item()
+                )
                 loss_sum = torch.zeros((), device=self.acc.device)
                 tokens = 0
                 model.train()
@@ -323,7 +362,8 @@ class Run:
                         labels = batch.pop("labels")
                         logits = model(**batch).logits
                         per_example = torch.nn.functional.cross_entropy(
-                            logits.float(), labels, reduction="none")
+                            logits.float(), labels, reduction="none"
+                        )
                         weight = self.world / n_global if real else 0.0
                         loss = per_example.sum() * weight
                         self.acc.backward(loss)
@@ -338,20 +378,31 @@ class Run:
                 if micro:
                     position = micro[-1][2]
                 state.global_step += 1
-                sums = self.acc.reduce(torch.stack([loss_sum.float(),
-                                                    torch.tensor(float(tokens),
-                                                                 device=self.acc.device)]), "sum")
+                sums = self.acc.reduce(
+                    torch.stack(
+                        [loss_sum.float(), torch.tensor(float(tokens), device=self.acc.device)]
+                    ),
+                    "sum",
+                )
                 step_loss = float(sums[0].item()) / n_global
                 state.epoch = position.epoch + min(
-                    1.0, (state.global_step - epoch_first_step) / max(1, steps_this_epoch))
-                self._record(state, step_loss, n_global, int(sums[1].item()), scheduler,
-                             started, start_step, feed.waited)
+                    1.0, (state.global_step - epoch_first_step) / max(1, steps_this_epoch)
+                )
+                self._record(
+                    state,
+                    step_loss,
+                    n_global,
+                    int(sums[1].item()),
+                    scheduler,
+                    started,
+                    start_step,
+                    feed.waited,
+                )
                 feed.waited = 0.0
                 if self._eval_due(state):
                     self._evaluate(evaluator, state)
                 if self._save_due(state, last_save):
-                    self._checkpoint(model, optimizer, scheduler, state, position, index,
-                                     uploader)
+                    self._checkpoint(model, optimizer, scheduler, state, position, index, uploader)
                     last_save = time.monotonic()
             feed.close()
             if done_epoch:
@@ -369,15 +420,28 @@ class Run:
         self.acc.wait_for_everyone()
         if self.is_main:
             summary = " ".join(f"{k}={v:.4f}" for k, v in sorted(state.eval_metrics.items()))
-            log.info("done: %d steps, %d samples this run; eval %s; model written to %s",
-                     state.global_step, self._samples_window,
-                     summary or "skipped", cfg.output_uri)
+            log.info(
+                "done: %d steps, %d samples this run; eval %s; model written to %s",
+                state.global_step,
+                self._samples_window,
+                summary or "skipped",
+                cfg.output_uri,
+            )
         self.acc.end_training()
 
     # --- logging, evaluation, checkpoints -----------------------------------------
 
-    def _record(self, state: TrainerState, loss: float, samples: int, tokens: int,
-                scheduler: Any, started: float, start_step: int, waited: float) -> None:
+    def _record(
+        self,
+        state: TrainerState,
+        loss: float,
+        samples: int,
+        tokens: int,
+        scheduler: Any,
+        started: float,
+        start_step: int,
+        waited: float,
+    ) -> None:
         m = self.metrics
         lr = float(scheduler.get_last_lr()[0])
         elapsed = max(1e-9, time.monotonic() - started)
@@ -396,11 +460,19 @@ class Run:
         m.samples_per_second.set(self._samples_window / elapsed)
         m.sample_gpus()
         every = self.spec.training.logging_steps
-        if self.is_main and (state.global_step % every == 0
-                             or state.global_step == state.total_steps):
-            log.info("step %d/%d | epoch %.2f | loss %.4f | lr %.3e | %.1f samples/s | ETA %s",
-                     state.global_step, state.total_steps, state.epoch, loss, lr,
-                     self._samples_window / elapsed, timedelta(seconds=round(eta)))
+        if self.is_main and (
+            state.global_step % every == 0 or state.global_step == state.total_steps
+        ):
+            log.info(
+                "step %d/%d | epoch %.2f | loss %.4f | lr %.3e | %.1f samples/s | ETA %s",
+                state.global_step,
+                state.total_steps,
+                state.epoch,
+                loss,
+                lr,
+                self._samples_window / elapsed,
+                timedelta(seconds=round(eta)),
+            )
 
     def _eval_set(self, source: Source, index: DataIndex) -> list[Example]:
         examples = source.read_eval_files() if source.eval_files else index.eval_examples
@@ -409,7 +481,7 @@ class Run:
                 "spec.dataset: evaluation is on but there is no eval data; set evalSplit or "
                 "evalFraction, or training.evalStrategy: no"
             )
-        return examples[self.rank::self.world]
+        return examples[self.rank :: self.world]
 
     def _evaluate(self, evaluator: Evaluator, state: TrainerState) -> None:
         state.eval_metrics = evaluator.run()
@@ -418,8 +490,12 @@ class Run:
 
     def _eval_due(self, state: TrainerState) -> bool:
         t = self.spec.training
-        return t.eval_strategy == "steps" and t.eval_steps is not None and \
-            state.global_step % t.eval_steps == 0 and state.global_step < state.total_steps
+        return (
+            t.eval_strategy == "steps"
+            and t.eval_steps is not None
+            and state.global_step % t.eval_steps == 0
+            and state.global_step < state.total_steps
+        )
 
     def _report_eval(self, state: TrainerState) -> None:
         self.metrics.set_eval(state.eval_metrics)
@@ -435,8 +511,16 @@ class Run:
         # Clocks differ between nodes: rank 0 decides for everyone.
         return bool(_broadcast(due)) and state.global_step < state.total_steps
 
-    def _checkpoint(self, model: Any, optimizer: Any, scheduler: Any, state: TrainerState,
-                    position: Position, index: DataIndex, uploader: BackgroundUploader) -> None:
+    def _checkpoint(
+        self,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        state: TrainerState,
+        position: Position,
+        index: DataIndex,
+        uploader: BackgroundUploader,
+    ) -> None:
         gathered = _gather((position, rng_state()))
         state.positions = [p for p, _ in gathered]
         state.world_size = self.world
@@ -446,8 +530,15 @@ class Run:
             if local.exists():
                 shutil.rmtree(local)
             uploader.wait()
-            save(local, self.acc.unwrap_model(model), optimizer.optimizer, scheduler, state,
-                 [r for _, r in gathered], index)
+            save(
+                local,
+                self.acc.unwrap_model(model),
+                optimizer.optimizer,
+                scheduler,
+                state,
+                [r for _, r in gathered],
+                index,
+            )
             self.metrics.checkpoint_save_seconds.observe(time.monotonic() - began)
             metrics = dict(state.eval_metrics)
             uploader.submit(local, state.global_step, metrics)
@@ -455,8 +546,13 @@ class Run:
     def _committed(self, committed: Committed, seconds: float) -> None:
         self.metrics.checkpoint_upload_seconds.observe(seconds)
         self.metrics.last_checkpoint_step.set(committed.step)
-        log.info("checkpoint step %d committed to %s/%s in %.1fs", committed.step,
-                 self.ckpt.uri, committed.folder, seconds)
+        log.info(
+            "checkpoint step %d committed to %s/%s in %.1fs",
+            committed.step,
+            self.ckpt.uri,
+            committed.folder,
+            seconds,
+        )
 
     def _check_in_sync(self, model: Any) -> None:
         """Every rank must end with the same weights; anything else is a sync bug."""
@@ -464,8 +560,9 @@ class Run:
         if len(set(digests)) != 1:
             raise RuntimeError(f"parameters diverged across ranks: {digests}")
         if self.is_main:
-            log.info("parameters identical on all %d ranks (sha256 %s)", self.world,
-                     digests[0][:16])
+            log.info(
+                "parameters identical on all %d ranks (sha256 %s)", self.world, digests[0][:16]
+            )
 
     def _write_output(self, model: Any, tokenizer: Any) -> None:
         if not self.is_main:
@@ -482,8 +579,9 @@ class Run:
 def configure_logging(rank: int) -> None:
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(message)s" if rank == 0 else
-        f"%(asctime)s %(levelname)s [rank {rank}] %(message)s",
+        format="%(asctime)s %(levelname)s %(message)s"
+        if rank == 0
+        else f"%(asctime)s %(levelname)s [rank {rank}] %(message)s",
         stream=sys.stdout,
     )
     for noisy in ("transformers", "datasets", "accelerate", "botocore", "urllib3", "evaluate"):

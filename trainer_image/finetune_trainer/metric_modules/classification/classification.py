@@ -31,7 +31,10 @@ class Classification(evaluate.Metric):
     def _compute(self, predictions, references, num_labels=2):
         average = "binary" if num_labels == 2 else "macro"
         precision, recall, f1, _ = precision_recall_fscore_support(
-            references, predictions, average=average, zero_division=0,
+            references,
+            predictions,
+            average=average,
+            zero_division=0,
             labels=list(range(num_labels)) if average == "macro" else None,
         )
         return {

@@ -1,0 +1,130 @@
+"""The pod contract: environment in, `accelerate launch` command out (no processes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from finetune_operator.constants import Env
+from finetune_trainer.config import TrainerConfig, from_env
+from finetune_trainer.errors import PermanentError
+from finetune_trainer.launch import accelerate_command
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "mrpc-bert-2x8.yaml"
+
+
+def option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def pod_env(**extra: str) -> dict[str, str]:
+    env = {
+        Env.JOB_SPEC_FILE: str(EXAMPLE),
+        Env.JOB_NAME: "mrpc-bert",
+        Env.JOB_NAMESPACE: "ml",
+        Env.NUM_NODES: "2",
+        Env.NODE_RANK: "1",
+        Env.MASTER_ADDR: "mrpc-bert-node-0.mrpc-bert",
+        Env.MASTER_PORT: "29500",
+        Env.TERMINATION_LOG: "/dev/termination-log",
+    }
+    env.update(extra)
+    return {str(k): v for k, v in env.items()}
+
+
+def test_a_manifest_file_becomes_the_configuration() -> None:
+    cfg = from_env(pod_env())
+    assert (cfg.job_name, cfg.namespace, cfg.num_nodes, cfg.node_rank) == ("mrpc-bert", "ml", 2, 1)
+    assert cfg.procs_per_node == 8  # one process per GPU, from spec.resources.gpusPerNode
+    assert cfg.world_size == 16
+    assert cfg.spec.dataset.text_columns == ["sentence1", "sentence2"]
+    assert cfg.checkpoint_uri == "s3://ml-checkpoints/mrpc-bert"
+    assert cfg.output_uri == "s3://ml-models/mrpc-bert"
+
+
+def test_multi_node_gpu_launch_command() -> None:
+    cfg = from_env(pod_env())
+    argv, env = accelerate_command(cfg, {"PATH": "/usr/bin"})
+    assert argv[1:3] == ["-m", "accelerate.commands.launch"]
+    assert "--multi_gpu" in argv
+    assert "--cpu" not in argv
+    assert option(argv, "--num_machines") == "2"
+    assert option(argv, "--machine_rank") == "1"
+    assert option(argv, "--num_processes") == "16"
+    assert option(argv, "--main_process_ip") == "mrpc-bert-node-0.mrpc-bert"
+    assert option(argv, "--main_process_port") == "29500"
+    assert argv[-2:] == ["-m", "finetune_trainer.worker"]
+    assert env[Env.TERMINATION_LOG] == "/dev/termination-log"
+    assert env["PATH"] == "/usr/bin"
+    assert "CUDA_VISIBLE_DEVICES" not in env
+
+
+def test_single_cpu_process_uses_the_simple_launcher() -> None:
+    spec = {
+        "model": {"uri": "file:///m"},
+        "dataset": {"uri": "file:///d.csv", "textColumns": ["t"]},
+        "checkpoints": {"uri": "file:///c"},
+    }
+    cfg = from_env({Env.JOB_SPEC: json.dumps(spec), Env.DEVICE: "cpu", Env.WORK_DIR: "/scratch"})
+    argv, env = accelerate_command(cfg, {})
+    assert "--multi_gpu" not in argv
+    assert "--cpu" in argv
+    assert option(argv, "--num_processes") == "1"
+    assert env["CUDA_VISIBLE_DEVICES"] == ""
+    assert cfg.output_uri == "file:///c/final"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "set FT_JOB_SPEC (JSON) or FT_JOB_SPEC_FILE (a file path)"),
+        ({Env.JOB_SPEC_FILE: "/nonexistent/job.yaml"}, "FT_JOB_SPEC_FILE: cannot read"),
+        ({Env.JOB_SPEC: "{not json"}, "is not valid JSON or YAML"),
+        (
+            {
+                Env.JOB_SPEC: json.dumps(
+                    {
+                        "model": {"uri": "file:///m"},
+                        "dataset": {"uri": "file:///d", "textColumns": ["t"]},
+                        "checkpoints": {"uri": "file:///c"},
+                        "training": {"lr": 0.1},
+                    }
+                )
+            },
+            'unknown field "spec.training.lr"',
+        ),
+        (
+            {
+                Env.JOB_SPEC: json.dumps(
+                    {
+                        "model": {"uri": "file:///m"},
+                        "dataset": {"uri": "file:///d", "textColumns": ["t"]},
+                    }
+                )
+            },
+            "spec.checkpoints: Field required",
+        ),
+        (
+            {Env.JOB_SPEC_FILE: str(EXAMPLE), Env.NUM_NODES: "2", Env.NODE_RANK: "2"},
+            "FT_NODE_RANK=2 must be below FT_NUM_NODES=2",
+        ),
+        (
+            {Env.JOB_SPEC_FILE: str(EXAMPLE), Env.MASTER_PORT: "http"},
+            "FT_MASTER_PORT must be an integer",
+        ),
+    ],
+)
+def test_a_bad_contract_names_what_to_fix(env: dict[str, str], message: str) -> None:
+    with pytest.raises(PermanentError, match=None) as err:
+        from_env({str(k): v for k, v in env.items()})
+    assert message in str(err.value)
+
+
+def test_config_is_immutable() -> None:
+    cfg = from_env(pod_env())
+    assert isinstance(cfg, TrainerConfig)
+    with pytest.raises(AttributeError):
+        cfg.node_rank = 0  # type: ignore[misc]
