@@ -4,8 +4,9 @@ The training files are cut into *units*: line-aligned byte ranges of jsonl,
 csv and tsv files (a unit owns every line that starts inside its range) or
 row groups of parquet files. Each epoch the units are shuffled with the seed
 and each is dealt to the rank with the fewest examples so far, so every
-example belongs to exactly one rank and the ranks stay balanced. A rank reads its units as a stream, in blocks of BLOCK examples
-shuffled with a seed derived from (seed, epoch, unit, block start).
+example belongs to exactly one rank and the ranks stay balanced. A rank reads
+its units as a stream, in blocks of BLOCK examples shuffled with a seed
+derived from (seed, epoch, unit, block start).
 
 The read position is (epoch, unit index, block start, examples taken from the
 block). A resume seeks straight to the block start and re-reads at most one
