@@ -74,6 +74,11 @@ def test_single_cpu_process_uses_the_simple_launcher() -> None:
     assert "--cpu" in argv
     assert option(argv, "--num_processes") == "1"
     assert env["CUDA_VISIBLE_DEVICES"] == ""
+    # Threads per process follow the contract, not the host's core count.
+    cfg = from_env({Env.JOB_SPEC: json.dumps(spec), Env.CPU_THREADS: "3"})
+    argv, env = accelerate_command(cfg, {})
+    assert option(argv, "--num_cpu_threads_per_process") == "3"
+    assert env["OMP_NUM_THREADS"] == "3"
     assert cfg.output_uri == "file:///c/final"
 
 

@@ -115,6 +115,8 @@ def job_env(
             "FT_MASTER_PORT": str(master_port),
             "FT_DEVICE": "cpu",
             "FT_METRICS_PORT": "0",
+            # Every "node" of a test shares this machine: split its cores between them.
+            "FT_CPU_THREADS": str(max(1, len(os.sched_getaffinity(0)) // (nodes * procs))),
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }

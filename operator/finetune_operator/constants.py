@@ -82,6 +82,8 @@ class Env(StrEnum):
     TERMINATION_LOG = "FT_TERMINATION_LOG"
     # "cuda", "cpu" or "auto" (cuda when a GPU is visible).
     DEVICE = "FT_DEVICE"
+    # CPU threads per training process (default: the pod's CPUs / processes).
+    CPU_THREADS = "FT_CPU_THREADS"
     # Largest byte range of a data file that one shard covers.
     SHARD_BYTES = "FT_SHARD_BYTES"
     # S3 credentials, from the Secret named in spec.s3.credentialsSecret.

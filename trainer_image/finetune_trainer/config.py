@@ -50,6 +50,7 @@ class TrainerConfig:
     termination_log: Path = Path(TERMINATION_LOG_PATH)
     device: str = "auto"
     shard_bytes: int = DEFAULT_SHARD_BYTES
+    cpu_threads: int = 1
 
     @property
     def checkpoint_uri(self) -> str:
@@ -103,6 +104,18 @@ def _load_spec(env: Mapping[str, str]) -> dict[str, Any]:
     return spec
 
 
+def available_cpus() -> int:
+    """CPUs this container may use: its cgroup quota, else its affinity mask."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
 def _termination_log(env: Mapping[str, str], work_dir: Path) -> Path:
     """Kubernetes' terminationMessagePath in a pod; a file in the work dir elsewhere."""
     if env.get(Env.TERMINATION_LOG):
@@ -127,6 +140,7 @@ def from_env(env: Mapping[str, str] | None = None) -> TrainerConfig:
             f"{Env.NODE_RANK}={node_rank} must be below {Env.NUM_NODES}={num_nodes}"
         )
     work_dir = Path(env.get(Env.WORK_DIR, "/tmp/finetune"))  # noqa: S108 - pod scratch
+    procs_per_node = _int(env, Env.PROCS_PER_NODE, spec.resources.gpus_per_node, 1)
     return TrainerConfig(
         job_name=env.get(Env.JOB_NAME, "finetune"),
         namespace=env.get(Env.JOB_NAMESPACE, "default"),
@@ -135,11 +149,12 @@ def from_env(env: Mapping[str, str] | None = None) -> TrainerConfig:
         node_rank=node_rank,
         master_addr=env.get(Env.MASTER_ADDR, "127.0.0.1"),
         master_port=_int(env, Env.MASTER_PORT, DEFAULT_MASTER_PORT, 1),
-        procs_per_node=_int(env, Env.PROCS_PER_NODE, spec.resources.gpus_per_node, 1),
+        procs_per_node=procs_per_node,
         attempt=_int(env, Env.ATTEMPT, 1, 1),
         metrics_port=_int(env, Env.METRICS_PORT, METRICS_PORT, 0),
         work_dir=work_dir,
         termination_log=_termination_log(env, work_dir),
         device=env.get(Env.DEVICE, "auto"),
         shard_bytes=_int(env, Env.SHARD_BYTES, DEFAULT_SHARD_BYTES, 1),
+        cpu_threads=_int(env, Env.CPU_THREADS, max(1, available_cpus() // procs_per_node), 1),
     )

@@ -50,7 +50,7 @@ def accelerate_command(
         "--dynamo_backend",
         "no",
         "--num_cpu_threads_per_process",
-        str(max(1, (os.cpu_count() or 1) // cfg.procs_per_node)),
+        str(cfg.cpu_threads),
         "--max_restarts",
         "0",
         "--monitor_interval",
@@ -63,6 +63,7 @@ def accelerate_command(
     out.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     out.setdefault("TOKENIZERS_PARALLELISM", "false")
     out.setdefault("PYTHONUNBUFFERED", "1")
+    out["OMP_NUM_THREADS"] = str(cfg.cpu_threads)
     if cfg.device == "cpu":
         out["CUDA_VISIBLE_DEVICES"] = ""
     return argv, out

@@ -150,6 +150,9 @@ class Run:
         use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise PermanentError("FT_DEVICE=cuda but no GPU is visible to the trainer")
+        if not use_cuda:
+            # Each process gets its share of the pod's CPUs, not all of them.
+            torch.set_num_threads(cfg.cpu_threads)
         self.acc = Accelerator(
             cpu=not use_cuda, mixed_precision=_mixed_precision(t.precision, use_cuda)
         )
