@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import http.server
 import io
 import json
 from collections import Counter
@@ -244,3 +245,61 @@ def test_interrupted_upload_is_never_used(s3_env: Any, tmp_path: Path) -> None:
         o["Key"] for o in client.list_objects_v2(Bucket="ckpt", Prefix="interrupted/")["Contents"]
     ]
     assert not [k for k in keys if k.startswith("interrupted/step-000000020/")]
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """A static file server that honours `Range: bytes=N-`, as web servers and CDNs do."""
+
+    ranges_served = 0
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def send_head(self) -> Any:
+        header = self.headers.get("Range")
+        if not header or self.command != "GET":
+            return super().send_head()
+        path = Path(self.translate_path(self.path))
+        start = int(header.removeprefix("bytes=").split("-")[0])
+        size = path.stat().st_size
+        f = path.open("rb")
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.send_header("Content-Length", str(size - start))
+        self.end_headers()
+        RangeHandler.ranges_served += 1
+        return f
+
+
+def test_https_style_files_are_streamed_with_range_requests(tmp_path: Path) -> None:
+    import functools
+    import threading
+
+    from trainer_support import MRPC
+
+    handler = functools.partial(RangeHandler, directory=str(MRPC))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/train.tsv"
+        spec = FineTuneJobSpec.model_validate(
+            {
+                "model": {"uri": "file:///unused"},
+                "dataset": {
+                    "uri": url,
+                    "format": "tsv",
+                    "textColumns": ["#1 String", "#2 String"],
+                    "labelColumn": "Quality",
+                },
+                "checkpoints": {"uri": "file:///unused"},
+            }
+        )
+        rank0, rank1 = epoch_examples(spec, world=2, shard_bytes=64 * 1024, epoch=0)
+    finally:
+        server.shutdown()
+    with (MRPC / "train.tsv").open(encoding="utf-8-sig") as f:
+        rows = [line.rstrip("\n").split("\t") for line in f][1:]
+    expected = Counter(((r[3], r[4]), int(r[0])) for r in rows)
+    assert rank0 + rank1 == expected
+    assert RangeHandler.ranges_served > 4  # units were fetched by range, not whole

@@ -21,7 +21,7 @@ MRPC_COLUMNS = "Quality, #1 ID, #2 ID, #1 String, #2 String"
 def run_trainer(
     spec: dict[str, Any], work: Path, extra: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = job_env(spec, work, nodes=1, procs=1, master_port=0, extra=extra)
+    env = job_env(spec, nodes=1, procs=1, master_port=0, extra=extra)
     env.update({"FT_NODE_RANK": "0", "FT_WORK_DIR": str(work), "FT_MASTER_PORT": "29400"})
     from controlplane import free_port
 

@@ -97,7 +97,6 @@ class Node:
 
 def job_env(
     spec: dict[str, Any],
-    work: Path,
     nodes: int,
     procs: int,
     master_port: int,
@@ -131,7 +130,6 @@ def start_nodes(
     nodes: int = 2,
     procs: int = 1,
     extra: dict[str, str] | None = None,
-    per_node: dict[int, dict[str, str]] | None = None,
 ) -> list[Node]:
     """Start one launcher per node, as the operator's pods would."""
     port = free_port()
@@ -139,9 +137,8 @@ def start_nodes(
     for rank in range(nodes):
         node_work = work / f"node-{rank}"
         node_work.mkdir(parents=True, exist_ok=True)
-        env = job_env(spec, node_work, nodes, procs, port, extra)
+        env = job_env(spec, nodes, procs, port, extra)
         env.update({"FT_NODE_RANK": str(rank), "FT_WORK_DIR": str(node_work)})
-        env.update((per_node or {}).get(rank, {}))
         log = node_work / "trainer.log"
         proc = subprocess.Popen(
             TRAINER,

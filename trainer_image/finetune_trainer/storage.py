@@ -1,5 +1,6 @@
 """Object storage behind every URI the trainer reads or writes.
 
+`https://HOST/FILE` is one file read with Range requests (read-only).
 `s3://BUCKET/KEY` goes through boto3 (s3transfer multipart uploads with
 concurrency, standard-mode retries, endpoint/region/path-style for
 S3-compatible stores; credentials only from the environment). `file:///PATH`
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 from finetune_operator.api.types import S3Spec
 
@@ -258,6 +259,55 @@ class S3Store:
             raise RetryableError(f"S3 error on bucket {self.bucket!r}: {code}") from None
 
 
+class HttpStore:
+    """One file served over https:// (or http://), read with Range requests."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def _open(self, key: str, method: str = "GET", start: int = 0) -> Any:
+        import urllib.request
+
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        request = urllib.request.Request(key, method=method, headers=headers)
+        try:
+            return urllib.request.urlopen(request, timeout=60)  # noqa: S310 - http(s) only
+        except OSError as e:
+            raise RetryableError(f"cannot read {key}: {e}") from None
+
+    def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
+        with self._open(self.uri, "HEAD") as resp:
+            return [ObjectInfo(self.uri, int(resp.headers.get("Content-Length") or 0))]
+
+    def read_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        resp = self._open(key, start=start)
+        if start and resp.status != 206:
+            # The server ignored the range: skip to it.
+            remaining = start
+            while remaining > 0:
+                chunk = resp.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+        if end is None:
+            return cast(BinaryIO, resp)
+        data = resp.read(end - start)
+        resp.close()
+        return io.BytesIO(data)
+
+    def get_bytes(self, key: str) -> bytes:
+        with self._open(key) as resp:
+            return bytes(resp.read())
+
+    def _read_only(self, *_: object) -> None:
+        raise PermanentError(f"{self.uri} is read-only: write to s3://, file:// or pvc://")
+
+    put_bytes = upload_file = download_file = delete = _read_only
+
+    def check(self) -> None:
+        self.list_objects()
+
+
 def open_store(uri: str, s3: S3Spec | None = None) -> Store:
     """The store rooted at a URI (a glob's fixed prefix for data URIs)."""
     if uri.startswith("s3://"):
@@ -283,6 +333,9 @@ def resolve_files(uri: str, s3: S3Spec | None) -> tuple[Store, list[ObjectInfo]]
     elif uri.startswith("pvc://"):
         claim, _, path = uri[len("pvc://") :].partition("/")
         store = LocalStore(f"pvc://{claim}", PVC_ROOT / claim)
+    elif uri.startswith(("https://", "http://")):
+        web = HttpStore(uri)
+        return web, [o for o in web.list_objects() if o.size > 0]
     else:
         raise PermanentError(f"unsupported data URI {uri!r}")
     prefix, pattern = split_glob(path)
