@@ -268,10 +268,13 @@ class HttpStore:
     def _open(self, key: str, method: str = "GET", start: int = 0) -> Any:
         import urllib.request
 
+        if not key.startswith(("https://", "http://")):
+            raise PermanentError(f"not an http(s) URL: {key!r}")
         headers = {"Range": f"bytes={start}-"} if start else {}
-        request = urllib.request.Request(key, method=method, headers=headers)
+        # Only http(s) URLs reach here (checked above).
+        request = urllib.request.Request(key, method=method, headers=headers)  # noqa: S310
         try:
-            return urllib.request.urlopen(request, timeout=60)  # noqa: S310 - http(s) only
+            return urllib.request.urlopen(request, timeout=60)  # noqa: S310
         except OSError as e:
             raise RetryableError(f"cannot read {key}: {e}") from None
 
