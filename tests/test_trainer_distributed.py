@@ -59,7 +59,7 @@ def download_output(s3: Any, prefix: str, dest: Path) -> Path:
 
 
 def reference_training(
-    tiny_model: Path, spec: dict[str, Any], s3: Any, world: int, steps: int
+    model_dir: Path, spec: dict[str, Any], world: int, steps: int
 ) -> dict[str, torch.Tensor]:
     """One process trained on the same global batches the ranks formed together."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -73,27 +73,55 @@ def reference_training(
     units = source.plan_units(world, 64 * 1024 * 1024)
     index = count_units(source, units, list(range(len(units))))
     t = parsed.training
-    rank_streams = [stream(source, index, Position(), t.seed, r, world) for r in range(world)]
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     optimizer, scheduler = build_optimizer(model, t, steps)
-    for _ in range(steps):
+    epoch, done = 0, 0
+    streams = [stream(source, index, Position(epoch=0), t.seed, r, world) for r in range(world)]
+    while done < steps:
         examples = []
-        for s in rank_streams:
+        for s in streams:
             for _ in range(t.per_device_train_batch_size):
                 example = next(s, None)
                 if example is not None:
                     examples.append(example[0])
-        pairs = list(zip(*(e.texts for e in examples), strict=True))
-        enc = tokenizer(*pairs, truncation=True, max_length=64, padding=True, return_tensors="pt")
+        if not examples:  # every rank's share of the epoch is used up
+            epoch += 1
+            streams = [
+                stream(source, index, Position(epoch=epoch), t.seed, r, world) for r in range(world)
+            ]
+            continue
+        columns = list(zip(*(e.texts for e in examples), strict=True))
+        enc = tokenizer(
+            *columns,
+            truncation=True,
+            max_length=parsed.dataset.max_seq_length,
+            padding=True,
+            return_tensors="pt",
+        )
         logits = model(**enc).logits
-        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([e.label for e in examples]))
-        loss.backward()
+        labels = torch.tensor([e.label for e in examples])
+        torch.nn.functional.cross_entropy(logits, labels).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
+        done += 1
     return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(
+    trained: dict[str, torch.Tensor],
+    reference: dict[str, torch.Tensor],
+    initial: dict[str, torch.Tensor],
+) -> None:
+    moved = 0
+    for name, ref in reference.items():
+        if name not in trained:
+            continue
+        torch.testing.assert_close(trained[name], ref, rtol=1e-4, atol=1e-5, msg=name)
+        moved += int(not torch.equal(initial[name], ref))
+    assert moved > 10  # training really changed the weights being compared
 
 
 def test_gradients_are_synchronised_across_machine_ranks(
@@ -114,15 +142,43 @@ def test_gradients_are_synchronised_across_machine_ranks(
     assert re.search(r"parameters identical on all 2 ranks \(sha256 [0-9a-f]{16}\)", log), log
 
     trained = load_weights(download_output(s3, "sync", tmp_path / "out"))
-    reference = reference_training(tiny_model, spec, s3, world=2, steps=steps)
-    initial = load_weights(tiny_model)
-    moved = 0
-    for name, ref in reference.items():
-        if name not in trained:
-            continue
-        torch.testing.assert_close(trained[name], ref, rtol=1e-4, atol=1e-5, msg=name)
-        moved += int(not torch.equal(initial[name], ref))
-    assert moved > 10  # training really changed the weights being compared
+    reference = reference_training(tiny_model, spec, world=2, steps=steps)
+    assert_same_weights(trained, reference, load_weights(tiny_model))
+
+
+def test_two_ranks_cross_epochs_with_uneven_shards(tiny_model: Path, tmp_path: Path) -> None:
+    """At an epoch's end one rank runs dry first; it keeps stepping with zero weight."""
+    from trainer_support import waimai_jsonl
+
+    data = waimai_jsonl(tmp_path / "train.jsonl", rows=300)
+    spec = {
+        "model": {"uri": f"file://{tiny_model}", "numLabels": 2},
+        "dataset": {"uri": f"file://{data}", "textColumns": ["text"], "maxSeqLength": 64},
+        "training": {
+            "numTrainEpochs": 2,
+            "perDeviceTrainBatchSize": 8,
+            "learningRate": 2e-3,
+            "evalStrategy": "no",
+            "seed": 3,
+        },
+        "resources": {"nodes": 2, "gpusPerNode": 1},
+        "checkpoints": {"uri": f"file://{tmp_path}/ckpt", "saveSteps": 1000},
+        "output": {"uri": f"file://{tmp_path}/out"},
+    }
+    from finetune_operator.api.types import FineTuneJobSpec
+    from finetune_trainer.data import Source, count_units, rank_examples
+
+    source = Source(FineTuneJobSpec.model_validate(spec))
+    units = source.plan_units(2, 64 * 1024 * 1024)
+    index = count_units(source, units, list(range(len(units))))
+    shares = [rank_examples(index, 0, 3, r, 2) for r in range(2)]
+    assert abs(shares[0] - shares[1]) > 8, shares  # one rank runs dry a step early
+
+    log = run_nodes(spec, tmp_path / "run", timeout=300)[0].output()
+    steps = int(re.search(r"training (\d+) steps on 2 processes", log).group(1))  # type: ignore[union-attr]
+    assert f"done: {steps} steps, 600 samples this run" in log  # 300 examples, twice
+    reference = reference_training(tiny_model, spec, world=2, steps=steps)
+    assert_same_weights(load_weights(tmp_path / "out"), reference, load_weights(tiny_model))
 
 
 def committed_steps(client: Any, prefix: str) -> list[int]:

@@ -62,6 +62,21 @@ class ConditionStatus(StrEnum):
     UNKNOWN = "Unknown"
 
 
+# --- Labels and annotations on what the operator creates ----------------------
+LABEL_JOB: Final = f"{GROUP}/job"
+LABEL_ROLE: Final = f"{GROUP}/role"
+LABEL_NODE_INDEX: Final = f"{GROUP}/node-index"
+LABEL_ATTEMPT: Final = f"{GROUP}/attempt"
+ROLE_WORKER: Final = "worker"
+FIELD_MANAGER: Final = "finetune-operator"
+DEFAULT_TRAINER_IMAGE: Final = "finetune/trainer:0.1.0"
+SCRATCH_PATH: Final = "/scratch"
+SHM_PATH: Final = "/dev/shm"  # noqa: S108 - the pod's memory-backed volume
+# Gang scheduling: scheduler-plugins' coscheduling and Volcano.
+COSCHEDULING_LABEL: Final = "scheduling.x-k8s.io/pod-group"
+VOLCANO_GROUP_ANNOTATION: Final = "scheduling.k8s.io/group-name"
+
+
 # --- The trainer contract ------------------------------------------------------
 # What the operator puts into each training pod's environment, and what the
 # trainer reads. docs/trainer.md documents each one.

@@ -108,6 +108,7 @@ class Prefetcher:
     def __init__(self, items: Iterator[Any], depth: int = 8) -> None:
         self.q: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self.waited = 0.0
+        self._done = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, args=(items,), daemon=True)
         self._thread.start()
@@ -128,11 +129,15 @@ class Prefetcher:
             self.q.put(e)
 
     def get(self) -> Any:
+        """The next item; once the stream has ended, _DONE on every call."""
+        if self._done:
+            return _DONE
         started = time.monotonic()
         item = self.q.get()
         self.waited += time.monotonic() - started
         if isinstance(item, BaseException):
             raise item
+        self._done = item is _DONE
         return item
 
     def close(self) -> None:
