@@ -40,8 +40,12 @@ class Job:
     @classmethod
     def from_object(cls, obj: dict[str, Any]) -> Job:
         meta = obj["metadata"]
-        return cls(meta["name"], meta["namespace"], meta["uid"],
-                   FineTuneJobSpec.model_validate(obj["spec"]))
+        return cls(
+            meta["name"],
+            meta["namespace"],
+            meta["uid"],
+            FineTuneJobSpec.model_validate(obj["spec"]),
+        )
 
 
 def node_name(job: str, index: int) -> str:
@@ -54,18 +58,30 @@ def master_address(job: Job) -> str:
 
 
 def owner_reference(job: Job) -> dict[str, Any]:
-    return {"apiVersion": c.API_VERSION, "kind": c.KIND, "name": job.name, "uid": job.uid,
-            "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.KIND,
+        "name": job.name,
+        "uid": job.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def job_labels(job: Job) -> dict[str, str]:
     return {c.LABEL_JOB: job.name, c.LABEL_ROLE: c.ROLE_WORKER}
 
 
-def _meta(job: Job, name: str, labels: dict[str, str] | None = None,
-          annotations: dict[str, str] | None = None) -> dict[str, Any]:
+def _meta(
+    job: Job,
+    name: str,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
     meta: dict[str, Any] = {
-        "name": name, "namespace": job.namespace, "labels": labels or job_labels(job),
+        "name": name,
+        "namespace": job.namespace,
+        "labels": labels or job_labels(job),
         "ownerReferences": [owner_reference(job)],
     }
     if annotations:
@@ -76,16 +92,24 @@ def _meta(job: Job, name: str, labels: dict[str, str] | None = None,
 def service(job: Job, defaults: Defaults = Defaults()) -> dict[str, Any]:
     """Headless Service giving each pod a stable name before it is ready (rendezvous)."""
     return {
-        "apiVersion": "v1", "kind": "Service", "metadata": _meta(job, job.name),
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(job, job.name),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": job_labels(job),
             "ports": [
-                {"name": "rendezvous", "port": defaults.master_port,
-                 "targetPort": defaults.master_port},
-                {"name": "metrics", "port": defaults.metrics_port,
-                 "targetPort": defaults.metrics_port},
+                {
+                    "name": "rendezvous",
+                    "port": defaults.master_port,
+                    "targetPort": defaults.master_port,
+                },
+                {
+                    "name": "metrics",
+                    "port": defaults.metrics_port,
+                    "targetPort": defaults.metrics_port,
+                },
             ],
         },
     }
@@ -95,7 +119,7 @@ def _pvc_claims(spec: FineTuneJobSpec) -> list[str]:
     uris = [spec.model.uri, spec.dataset.uri, spec.checkpoints.uri]
     if spec.output is not None:
         uris.append(spec.output.uri)
-    claims = {u[len("pvc://"):].split("/", 1)[0] for u in uris if u.startswith("pvc://")}
+    claims = {u[len("pvc://") :].split("/", 1)[0] for u in uris if u.startswith("pvc://")}
     return sorted(claims)
 
 
@@ -121,10 +145,13 @@ def _env(job: Job, index: int, attempt: int, defaults: Defaults) -> list[dict[st
     secret = spec.s3.credentials_secret if spec.s3 else None
     if secret is not None:
         # Credentials only ever travel as references to the Secret.
-        for var, key in ((c.Env.AWS_ACCESS_KEY_ID, secret.access_key_id_key),
-                         (c.Env.AWS_SECRET_ACCESS_KEY, secret.secret_access_key_key)):
-            env.append({"name": str(var), "valueFrom": {
-                "secretKeyRef": {"name": secret.name, "key": key}}})
+        for var, key in (
+            (c.Env.AWS_ACCESS_KEY_ID, secret.access_key_id_key),
+            (c.Env.AWS_SECRET_ACCESS_KEY, secret.secret_access_key_key),
+        ):
+            env.append(
+                {"name": str(var), "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}}
+            )
     return env
 
 
@@ -156,14 +183,18 @@ def _volumes(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str
     return volumes, mounts
 
 
-def pod(job: Job, index: int, attempt: int, defaults: Defaults = Defaults(),
-        gang: Gang = "none") -> dict[str, Any]:
+def pod(
+    job: Job, index: int, attempt: int, defaults: Defaults = Defaults(), gang: Gang = "none"
+) -> dict[str, Any]:
     """The training pod of one node (machine rank `index`)."""
     spec = job.spec
     name = node_name(job.name, index)
     labels = {**job_labels(job), c.LABEL_NODE_INDEX: str(index), c.LABEL_ATTEMPT: str(attempt)}
-    annotations = {"prometheus.io/scrape": "true", "prometheus.io/path": "/metrics",
-                   "prometheus.io/port": str(defaults.metrics_port)}
+    annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/path": "/metrics",
+        "prometheus.io/port": str(defaults.metrics_port),
+    }
     if gang == "coscheduling":
         labels[c.COSCHEDULING_LABEL] = job.name
     elif gang == "volcano":
@@ -174,8 +205,10 @@ def pod(job: Job, index: int, attempt: int, defaults: Defaults = Defaults(),
         "image": spec.pod.image or defaults.image,
         "imagePullPolicy": spec.pod.image_pull_policy,
         "env": _env(job, index, attempt, defaults),
-        "ports": [{"name": "rendezvous", "containerPort": defaults.master_port},
-                  {"name": "metrics", "containerPort": defaults.metrics_port}],
+        "ports": [
+            {"name": "rendezvous", "containerPort": defaults.master_port},
+            {"name": "metrics", "containerPort": defaults.metrics_port},
+        ],
         "resources": _resources(spec),
         "volumeMounts": mounts,
         "terminationMessagePath": c.TERMINATION_LOG_PATH,
@@ -195,7 +228,10 @@ def pod(job: Job, index: int, attempt: int, defaults: Defaults = Defaults(),
         # Trainers never talk to the Kubernetes API.
         "automountServiceAccountToken": False,
         "securityContext": {
-            "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
@@ -215,12 +251,17 @@ def pod(job: Job, index: int, attempt: int, defaults: Defaults = Defaults(),
         pod_spec["serviceAccountName"] = spec.pod.service_account_name
     if spec.pod.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [s.to_wire() for s in spec.pod.image_pull_secrets]
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": _meta(job, name, labels, annotations), "spec": pod_spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _meta(job, name, labels, annotations),
+        "spec": pod_spec,
+    }
 
 
-def pods(job: Job, attempt: int, defaults: Defaults = Defaults(),
-         gang: Gang = "none") -> list[dict[str, Any]]:
+def pods(
+    job: Job, attempt: int, defaults: Defaults = Defaults(), gang: Gang = "none"
+) -> list[dict[str, Any]]:
     return [pod(job, i, attempt, defaults, gang) for i in range(job.spec.resources.nodes)]
 
 
@@ -228,11 +269,17 @@ def pod_group(job: Job, gang: Gang) -> dict[str, Any] | None:
     """The all-or-nothing group a gang scheduler places the pods as."""
     nodes = job.spec.resources.nodes
     if gang == "coscheduling":
-        return {"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup",
-                "metadata": _meta(job, job.name),
-                "spec": {"minMember": nodes, "scheduleTimeoutSeconds": 600}}
+        return {
+            "apiVersion": "scheduling.x-k8s.io/v1alpha1",
+            "kind": "PodGroup",
+            "metadata": _meta(job, job.name),
+            "spec": {"minMember": nodes, "scheduleTimeoutSeconds": 600},
+        }
     if gang == "volcano":
-        return {"apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup",
-                "metadata": _meta(job, job.name),
-                "spec": {"minMember": nodes}}
+        return {
+            "apiVersion": "scheduling.volcano.sh/v1beta1",
+            "kind": "PodGroup",
+            "metadata": _meta(job, job.name),
+            "spec": {"minMember": nodes},
+        }
     return None
