@@ -346,10 +346,9 @@ class Run:
                         break
                     micro.append(item)
                 local = sum(n for _, n, _ in micro)
-                totals = self.acc.reduce(
-                    torch.tensor([float(local), float(len(micro))], device=self.acc.device), "sum"
+                n_global = int(
+                    self.acc.reduce(torch.tensor([local], device=self.acc.device), "sum").item()
                 )
-                n_global = int(totals[0].item())
                 if n_global == 0:
                     done_epoch = True
                     break
