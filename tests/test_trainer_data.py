@@ -115,6 +115,11 @@ class CountingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
+    def get_bytes(self, key: str) -> bytes:
+        data: bytes = self.inner.get_bytes(key)
+        self.bytes_read += len(data)
+        return data
+
     def read_range(self, key: str, start: int = 0, end: int | None = None) -> Any:
         body = self.inner.read_range(key, start, end)
         outer = self
@@ -303,3 +308,29 @@ def test_https_style_files_are_streamed_with_range_requests(tmp_path: Path) -> N
     expected = Counter(((r[3], r[4]), int(r[0])) for r in rows)
     assert rank0 + rank1 == expected
     assert RangeHandler.ranges_served > 4  # units were fetched by range, not whole
+
+
+def test_parquet_row_groups_are_fetched_by_range(s3_env: Any) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = waimai_rows()[:4000]
+    buf = io.BytesIO()
+    table = pa.table({"text": [r[0][0] for r in rows], "label": [r[1] for r in rows]})
+    pq.write_table(table, buf, row_group_size=250)  # 16 row groups, 16 units
+    size = len(buf.getvalue())
+    s3_env.client().put_object(Bucket="data", Key="pqrange/train.parquet", Body=buf.getvalue())
+    spec = spec_for("s3://data/pqrange/train.parquet", s3_env, "auto", ["text"], "label")
+    source = Source(spec)
+    counting = CountingStore(source.store)
+    source.store = counting
+    units = source.plan_units(2, 1 << 20)
+    assert len(units) == 16
+    index = count_units(source, units, list(range(len(units))))
+    seen = Counter(
+        (e.texts, e.label) for r in range(2) for e, _ in stream(source, index, Position(), 5, r, 2)
+    )
+    assert seen == Counter(rows)
+    # The counting pass and one epoch each read every row group once (plus the
+    # footer), not the whole file once per row group.
+    assert counting.bytes_read < 3 * size, (counting.bytes_read, size)

@@ -119,6 +119,37 @@ def split_files(files: list[ObjectInfo], split: str, fallback_all: bool) -> list
     return files if fallback_all else []
 
 
+class RangeFile(io.RawIOBase):
+    """A seekable, read-only file over ranged reads of one stored object."""
+
+    def __init__(self, store: Store, key: str, size: int) -> None:
+        self.store, self.key, self.size, self.pos = store, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, min(self.size, base + offset))
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        end = min(self.size, self.pos + len(buffer))
+        if end <= self.pos:
+            return 0
+        with self.store.read_range(self.key, self.pos, end) as body:
+            data = body.read()
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
 class Source:
     """The dataset's files and how to read examples out of them."""
 
@@ -158,6 +189,9 @@ class Source:
                 f"spec.dataset.trainSplit: no file named {self.spec.train_split}* at {uri}"
             )
         self._headers: dict[str, list[str]] = {}
+        self._checked: set[str] = set()
+        self._parquet_files: dict[str, Any] = {}
+        self._sizes = {f.key: f.size for f in [*self.train_files, *self.eval_files]}
 
     # --- planning ------------------------------------------------------------------
 
@@ -181,9 +215,13 @@ class Source:
     # --- reading -------------------------------------------------------------------
 
     def _parquet(self, key: str) -> Any:
+        """The parquet file, read lazily: its footer, then only the row groups asked for."""
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(io.BytesIO(self.store.get_bytes(key)))
+        if key not in self._parquet_files:
+            size = self._sizes[key]
+            self._parquet_files[key] = pq.ParquetFile(RangeFile(self.store, key, size))
+        return self._parquet_files[key]
 
     def header(self, unit: Unit) -> list[str]:
         if unit.key not in self._headers:
@@ -250,9 +288,9 @@ class Source:
         where = unit.key
         if unit.fmt == "parquet":
             table = self._parquet(unit.key).read_row_group(unit.start)
-            if not hasattr(self, "_checked_" + unit.key):
+            if unit.key not in self._checked:
                 self._check_columns(table.column_names, where)
-                setattr(self, "_checked_" + unit.key, True)
+                self._checked.add(unit.key)
             rows = table.to_pylist()
             for i in range(block_start or 0, len(rows)):
                 yield i, self.to_example(rows[i], f"{where} row {i}")
