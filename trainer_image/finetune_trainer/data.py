@@ -33,7 +33,7 @@ from typing import Any
 from finetune_operator.api.types import DatasetSpec, FineTuneJobSpec
 
 from .errors import PermanentError
-from .storage import ObjectInfo, iter_lines, resolve_files
+from .storage import ObjectInfo, Store, iter_lines, resolve_files
 
 BLOCK = 512
 MIN_SHARD_BYTES = 16 * 1024
