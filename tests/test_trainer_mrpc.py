@@ -16,6 +16,7 @@ from trainer_support import MRPC, minilm_dir, run_nodes
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_mrpc_minilm_two_ranks_matches_the_recipe(tmp_path: Path) -> None:
     spec = {
         "model": {
