@@ -133,3 +133,22 @@ def test_config_is_immutable() -> None:
     assert isinstance(cfg, TrainerConfig)
     with pytest.raises(AttributeError):
         cfg.node_rank = 0  # type: ignore[misc]
+
+
+def test_the_installed_command_explains_itself() -> None:
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("finetune-trainer")
+    shown = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False)
+    assert shown.returncode == 0
+    assert "FT_JOB_SPEC" in shown.stdout
+    assert "42 bad configuration" in shown.stdout
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
+    env["FT_WORK_DIR"] = "/tmp/finetune-no-job"  # noqa: S108 - a scratch path for the log
+    bare = subprocess.run([exe], capture_output=True, text=True, check=False, env=env)
+    assert bare.returncode == 42
+    assert bare.stderr.strip() == (
+        "finetune-trainer: set FT_JOB_SPEC (JSON) or FT_JOB_SPEC_FILE (a file path)"
+    )

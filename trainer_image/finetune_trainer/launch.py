@@ -69,11 +69,31 @@ def accelerate_command(
     return argv, out
 
 
+USAGE = """usage: finetune-trainer
+
+Runs one node of a FineTuneJob: reads the job from the environment and starts
+`accelerate launch` with one training process per GPU (or CPU rank).
+
+Required: FT_JOB_SPEC (the spec as JSON) or FT_JOB_SPEC_FILE (a YAML/JSON file).
+The gang: FT_NUM_NODES, FT_NODE_RANK, FT_MASTER_ADDR, FT_MASTER_PORT,
+FT_PROCS_PER_NODE. Also FT_DEVICE, FT_WORK_DIR, FT_METRICS_PORT (9420),
+FT_CPU_THREADS; S3 credentials in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+Exit codes: 0 done, 42 bad configuration or data (no retry helps), 75 or
+other: retryable. See docs/trainer.md."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        print("Configuration comes from the environment; see docs/trainer.md.")
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
         return 0
+    if argv:
+        print(
+            f"finetune-trainer: unexpected arguments {' '.join(argv)}; the job comes from "
+            "the environment (see --help)",
+            file=sys.stderr,
+        )
+        return int(ExitCode.PERMANENT)
     try:
         cfg = from_env()
     except PermanentError as e:
