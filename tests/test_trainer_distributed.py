@@ -81,7 +81,7 @@ def reference_training(
     while done < steps:
         examples = []
         for s in streams:
-            for _ in range(t.per_device_train_batch_size):
+            for _ in range(t.per_device_train_batch_size * t.gradient_accumulation_steps):
                 example = next(s, None)
                 if example is not None:
                     examples.append(example[0])
@@ -134,10 +134,10 @@ def test_gradients_are_synchronised_across_machine_ranks(
     for key, value in s3.env().items():
         monkeypatch.setenv(key, value)
     steps = 12
-    spec = with_s3(mrpc_spec(mrpc_in_s3, "sync", maxSteps=steps), s3)
+    spec = with_s3(mrpc_spec(mrpc_in_s3, "sync", maxSteps=steps, gradientAccumulationSteps=2), s3)
     nodes = run_nodes(spec, tmp_path / "run", extra=s3.env())
     log = nodes[0].output()
-    assert "training 12 steps on 2 processes (2 nodes)" in log
+    assert "training 12 steps on 2 processes (2 nodes), 32 examples per step" in log
     # Every rank compared its weights with the others at the end.
     assert re.search(r"parameters identical on all 2 ranks \(sha256 [0-9a-f]{16}\)", log), log
 
