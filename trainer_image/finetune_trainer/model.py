@@ -89,4 +89,11 @@ def load(spec: FineTuneJobSpec, work_dir: Path) -> tuple[Any, Any]:
         raise PermanentError(f"spec.model.uri: cannot load {m.uri}: {e}") from None
     except OSError as e:
         raise PermanentError(f"spec.model.uri: cannot load a model from {m.uri}: {e}") from None
+    log.info(
+        "loaded %s: %s, %.1fM parameters, %d labels",
+        m.uri,
+        type(model).__name__,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        m.num_labels,
+    )
     return model, tokenizer

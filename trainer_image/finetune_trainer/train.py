@@ -591,8 +591,13 @@ def configure_logging(rank: int) -> None:
         else f"%(asctime)s %(levelname)s [rank {rank}] %(message)s",
         stream=sys.stdout,
     )
-    for noisy in ("transformers", "datasets", "accelerate", "botocore", "urllib3", "evaluate"):
+    for noisy in ("datasets", "accelerate", "botocore", "urllib3", "evaluate"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # transformers resets its logger's level on import: use its own switch. Its
+    # load report (styled with terminal codes) is replaced by our own line.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if not sys.stdout.isatty():
         os.environ.setdefault("TQDM_DISABLE", "1")
