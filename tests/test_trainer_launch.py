@@ -147,7 +147,11 @@ def test_the_installed_command_explains_itself() -> None:
     assert "42 bad configuration" in shown.stdout
     env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
     env["FT_WORK_DIR"] = "/tmp/finetune-no-job"  # noqa: S108 - a scratch path for the log
+    pod_log = Path("/dev/termination-log")
+    existed = pod_log.exists()
     bare = subprocess.run([exe], capture_output=True, text=True, check=False, env=env)
+    # Outside a pod the reason goes to stderr only: nothing is created in /dev.
+    assert pod_log.exists() == existed
     assert bare.returncode == 42
     assert bare.stderr.strip() == (
         "finetune-trainer: set FT_JOB_SPEC (JSON) or FT_JOB_SPEC_FILE (a file path)"

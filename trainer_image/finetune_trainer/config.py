@@ -27,7 +27,7 @@ from finetune_operator.constants import (
     Env,
 )
 
-from .errors import PermanentError
+from .errors import PermanentError, termination_log
 
 DEFAULT_SHARD_BYTES = 64 * 1024 * 1024
 
@@ -116,15 +116,6 @@ def available_cpus() -> int:
     return cpus
 
 
-def _termination_log(env: Mapping[str, str], work_dir: Path) -> Path:
-    """Kubernetes' terminationMessagePath in a pod; a file in the work dir elsewhere."""
-    if env.get(Env.TERMINATION_LOG):
-        return Path(env[Env.TERMINATION_LOG])
-    if Path(TERMINATION_LOG_PATH).exists():
-        return Path(TERMINATION_LOG_PATH)
-    return work_dir / "termination-log"
-
-
 def from_env(env: Mapping[str, str] | None = None) -> TrainerConfig:
     """Parse the contract; a PermanentError names what is wrong."""
     env = os.environ if env is None else env
@@ -153,7 +144,8 @@ def from_env(env: Mapping[str, str] | None = None) -> TrainerConfig:
         attempt=_int(env, Env.ATTEMPT, 1, 1),
         metrics_port=_int(env, Env.METRICS_PORT, METRICS_PORT, 0),
         work_dir=work_dir,
-        termination_log=_termination_log(env, work_dir),
+        # In a pod, Kubernetes' terminationMessagePath; elsewhere, the work dir.
+        termination_log=termination_log(env) or work_dir / "termination-log",
         device=env.get(Env.DEVICE, "auto"),
         shard_bytes=_int(env, Env.SHARD_BYTES, DEFAULT_SHARD_BYTES, 1),
         cpu_threads=_int(env, Env.CPU_THREADS, max(1, available_cpus() // procs_per_node), 1),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from finetune_operator.constants import TERMINATION_LOG_PATH, Env, ExitCode
@@ -27,8 +28,14 @@ class RetryableError(Exception):
     exit_code = ExitCode.RETRYABLE
 
 
-def termination_log() -> Path:
-    return Path(os.environ.get(Env.TERMINATION_LOG, TERMINATION_LOG_PATH))
+def termination_log(env: Mapping[str, str] | None = None) -> Path | None:
+    """Where a failure's reason goes: FT_TERMINATION_LOG, else the file Kubernetes
+    creates at terminationMessagePath in a pod; outside a pod, nowhere."""
+    env = os.environ if env is None else env
+    if env.get(Env.TERMINATION_LOG):
+        return Path(env[Env.TERMINATION_LOG])
+    pod_file = Path(TERMINATION_LOG_PATH)
+    return pod_file if pod_file.exists() else None
 
 
 def record_failure(error: BaseException) -> int:
@@ -40,15 +47,20 @@ def record_failure(error: BaseException) -> int:
     if previous and previous[0] == ExitCode.PERMANENT and code != ExitCode.PERMANENT:
         # Peers fail too once one rank stops; keep the root cause.
         return code
-    with contextlib.suppress(OSError):
-        termination_log().write_text(f"{code} {line}\n")
+    path = termination_log()
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.write_text(f"{code} {line}\n")
     return code
 
 
 def recorded_failure() -> tuple[int, str] | None:
     """The exit code and reason a worker recorded, if any."""
+    path = termination_log()
+    if path is None:
+        return None
     try:
-        text = termination_log().read_text().strip()
+        text = path.read_text().strip()
     except OSError:
         return None
     code, _, reason = text.partition(" ")
