@@ -227,12 +227,12 @@ class Source:
         if unit.key not in self._headers:
             with self.store.read_range(unit.key, 0, None) as stream:
                 first = next(iter_lines(stream, chunk=16 * 1024), b"")
-            self._headers[unit.key] = self._split(first.decode("utf-8-sig"), unit.fmt, None)
+            self._headers[unit.key] = self._split(first.decode("utf-8-sig"), unit.fmt)
             self._check_columns(self._headers[unit.key], unit.key)
         return self._headers[unit.key]
 
     @staticmethod
-    def _split(line: str, fmt: str, header: list[str] | None) -> list[str]:
+    def _split(line: str, fmt: str) -> list[str]:
         line = line.rstrip("\r\n")
         if fmt == "tsv":
             return line.split("\t")
@@ -327,7 +327,7 @@ class Source:
                 raise PermanentError(f"spec.dataset: {where} is not a JSON object")
             return self.to_example(row, where)
         assert header is not None
-        values = self._split(text, fmt, header)
+        values = self._split(text, fmt)
         return self.to_example(dict(zip(header, values, strict=False)), where)
 
     def read_eval_files(self) -> list[Example]:
@@ -351,7 +351,12 @@ def _sibling_uri(uri: str, parent: str) -> str:
     if scheme == "pvc":
         claim = uri[len("pvc://") :].split("/", 1)[0]
         return f"pvc://{claim}/{parent}"
-    return f"file:///{parent}"
+    if scheme == "file":
+        return f"file:///{parent}"
+    raise PermanentError(
+        f"spec.dataset.evalSplit: {uri} is a single file with no listable siblings; "
+        "use evalFraction to hold out evaluation data"
+    )
 
 
 def held_out(unit: Unit, offset: int, fraction: float | None) -> bool:

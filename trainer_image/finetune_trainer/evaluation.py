@@ -31,16 +31,16 @@ def compute(predictions: list[int], references: list[int], num_labels: int) -> d
 
 class Evaluator:
     def __init__(
-        self, acc: Any, spec: FineTuneJobSpec, tokenizer: Any, examples: list[Example]
+        self, acc: Any, spec: FineTuneJobSpec, model: Any, tokenizer: Any, examples: list[Example]
     ) -> None:
         self.acc = acc
         self.spec = spec
+        self.model = model
         self.tokenizer = tokenizer
         self.examples = examples
-        self.model: Any = None
 
-    def run(self, model: Any = None) -> dict[str, float]:
-        model = model or self.model
+    def run(self) -> dict[str, float]:
+        model = self.model
         preds: list[int] = []
         labels: list[int] = []
         loss_sum = 0.0

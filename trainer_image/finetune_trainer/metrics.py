@@ -24,6 +24,9 @@ class TrainerMetrics:
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(name, doc, LABELS, registry=r)
 
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, LABELS, registry=r)
+
         self.train_loss = gauge("finetune_train_loss", "Training loss of the last step.").labels(
             *lv
         )
@@ -40,20 +43,14 @@ class TrainerMetrics:
         self.last_checkpoint_step = gauge(
             "finetune_last_checkpoint_step", "Step of the newest committed checkpoint."
         ).labels(*lv)
-        self.samples = Counter(
-            "finetune_train_samples", "Training samples consumed by all ranks.", LABELS, registry=r
+        self.samples = counter(
+            "finetune_train_samples", "Training samples consumed by all ranks."
         ).labels(*lv)
-        self.tokens = Counter(
-            "finetune_train_tokens",
-            "Training tokens (non-padding) consumed by all ranks.",
-            LABELS,
-            registry=r,
+        self.tokens = counter(
+            "finetune_train_tokens", "Training tokens (non-padding) consumed by all ranks."
         ).labels(*lv)
-        self.data_wait = Counter(
-            "finetune_data_wait_seconds",
-            "Time this process waited for training data.",
-            LABELS,
-            registry=r,
+        self.data_wait = counter(
+            "finetune_data_wait_seconds", "Time this process waited for training data."
         ).labels(*lv)
         self.eval_metric = Gauge(
             "finetune_eval_metric", "Latest evaluation metrics.", (*LABELS, "metric"), registry=r
@@ -72,8 +69,8 @@ class TrainerMetrics:
             buckets=SAVE_BUCKETS,
             registry=r,
         ).labels(*lv)
-        self.checkpoint_bytes = Counter(
-            "finetune_checkpoint_bytes", "Checkpoint bytes uploaded.", LABELS, registry=r
+        self.checkpoint_bytes = counter(
+            "finetune_checkpoint_bytes", "Checkpoint bytes uploaded."
         ).labels(*lv)
         self.gpu_utilization = Gauge(
             "finetune_gpu_utilization_ratio",

@@ -303,8 +303,7 @@ class Run:
                 )
                 state.positions = []
         model, optimizer = self.acc.prepare(model, optimizer)
-        evaluator = Evaluator(self.acc, self.spec, tokenizer, self._eval_set(source, index))
-        evaluator.model = model
+        evaluator = Evaluator(self.acc, self.spec, model, tokenizer, self._eval_set(source, index))
         self.metrics.total_steps.set(state.total_steps)
         uploader = BackgroundUploader(
             self.ckpt, on_done=self._committed, on_bytes=self.metrics.checkpoint_bytes.inc
