@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 
 from finetune_operator.api.types import FineTuneJobSpec
-from finetune_trainer.data import BLOCK, Position, Source, count_units, stream
+from finetune_trainer.data import (
+    BLOCK,
+    Position,
+    Source,
+    count_units,
+    step_allocations,
+    stream,
+)
 from trainer_support import SHARED_DATA, ensure_bucket
 
 WAIMAI = SHARED_DATA / "chinese-sentiment" / "waimai_10k.csv"
@@ -334,3 +341,18 @@ def test_parquet_row_groups_are_fetched_by_range(s3_env: Any) -> None:
     # The counting pass and one epoch each read every row group once (plus the
     # footer), not the whole file once per row group.
     assert counting.bytes_read < 3 * size, (counting.bytes_read, size)
+
+
+@pytest.mark.parametrize(
+    ("shares", "per_rank"),
+    [([100, 100], 8), ([110, 90], 8), ([0, 37], 4), ([5, 60, 3, 17], 4), ([1, 1], 8)],
+)
+def test_every_step_but_the_last_has_the_full_global_batch(
+    shares: list[int], per_rank: int
+) -> None:
+    plan = list(step_allocations(shares, per_rank))
+    batch = per_rank * len(shares)
+    assert len(plan) == -(-sum(shares) // batch)
+    assert all(sum(step) == batch for step in plan[:-1])
+    # Each rank gives exactly its share, never more than it has left.
+    assert [sum(step[r] for step in plan) for r in range(len(shares))] == shares

@@ -65,7 +65,14 @@ def reference_training(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from finetune_operator.api.types import FineTuneJobSpec
-    from finetune_trainer.data import Position, Source, count_units, stream
+    from finetune_trainer.data import (
+        Position,
+        Source,
+        count_units,
+        rank_examples,
+        step_allocations,
+        stream,
+    )
     from finetune_trainer.train import build_optimizer
 
     parsed = FineTuneJobSpec.model_validate(spec)
@@ -76,21 +83,8 @@ def reference_training(
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     optimizer, scheduler = build_optimizer(model, t, steps)
-    epoch, done = 0, 0
-    streams = [stream(source, index, Position(epoch=0), t.seed, r, world) for r in range(world)]
-    while done < steps:
-        examples = []
-        for s in streams:
-            for _ in range(t.per_device_train_batch_size * t.gradient_accumulation_steps):
-                example = next(s, None)
-                if example is not None:
-                    examples.append(example[0])
-        if not examples:  # every rank's share of the epoch is used up
-            epoch += 1
-            streams = [
-                stream(source, index, Position(epoch=epoch), t.seed, r, world) for r in range(world)
-            ]
-            continue
+
+    def train_on(examples: list[Any]) -> None:
         columns = list(zip(*(e.texts for e in examples), strict=True))
         enc = tokenizer(
             *columns,
@@ -106,7 +100,19 @@ def reference_training(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-        done += 1
+
+    # Each step takes what data.step_allocations gives each rank from that rank's stream.
+    per_rank = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    epoch, done = 0, 0
+    while done < steps:
+        streams = [
+            stream(source, index, Position(epoch=epoch), t.seed, r, world) for r in range(world)
+        ]
+        shares = [rank_examples(index, epoch, t.seed, r, world) for r in range(world)]
+        for alloc in list(step_allocations(shares, per_rank))[: steps - done]:
+            train_on([next(streams[r])[0] for r in range(world) for _ in range(alloc[r])])
+            done += 1
+        epoch += 1
     return {k: v.detach() for k, v in model.state_dict().items()}
 
 
@@ -147,7 +153,7 @@ def test_gradients_are_synchronised_across_machine_ranks(
 
 
 def test_two_ranks_cross_epochs_with_uneven_shards(tiny_model: Path, tmp_path: Path) -> None:
-    """At an epoch's end one rank runs dry first; it keeps stepping with zero weight."""
+    """At an epoch's end one rank runs dry first; the other fills the global batch."""
     from trainer_support import waimai_jsonl
 
     data = waimai_jsonl(tmp_path / "train.jsonl", rows=300)
@@ -177,6 +183,8 @@ def test_two_ranks_cross_epochs_with_uneven_shards(tiny_model: Path, tmp_path: P
     log = run_nodes(spec, tmp_path / "run", timeout=300)[0].output()
     steps = int(re.search(r"training (\d+) steps on 2 processes", log).group(1))  # type: ignore[union-attr]
     assert f"done: {steps} steps, 600 samples this run" in log  # 300 examples, twice
+    # Full global batches of 16 until each epoch's last step, as one process would take.
+    assert steps == 2 * 19
     reference = reference_training(tiny_model, spec, world=2, steps=steps)
     assert_same_weights(load_weights(tmp_path / "out"), reference, load_weights(tiny_model))
 

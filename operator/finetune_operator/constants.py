@@ -56,6 +56,28 @@ class ConditionType(StrEnum):
     UNSCHEDULABLE = "Unschedulable"
 
 
+class Reason(StrEnum):
+    """Reasons on conditions and events (CamelCase, as Kubernetes writes them)."""
+
+    PODS_CREATED = "PodsCreated"
+    ALL_PODS_RUNNING = "AllPodsRunning"
+    POD_FAILED = "PodFailed"
+    POD_DELETED = "PodDeleted"
+    RECOVERED = "Recovered"
+    TRAINER_ERROR = "TrainerError"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    COMPLETED = "Completed"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    UNSCHEDULABLE = "Unschedulable"
+    SCHEDULED = "Scheduled"
+    WAITING = "WaitingForPods"
+    # Kubelet waiting reasons the operator passes on: bad image, missing Secret, ...
+    IMAGE_PULL = "ImagePullFailed"
+    CONTAINER_CONFIG = "ContainerConfigError"
+
+
 class ConditionStatus(StrEnum):
     TRUE = "True"
     FALSE = "False"

@@ -4,13 +4,21 @@ The training files are cut into *units*: line-aligned byte ranges of jsonl,
 csv and tsv files (a unit owns every line that starts inside its range) or
 row groups of parquet files. Each epoch the units are shuffled with the seed
 and each is dealt to the rank with the fewest examples so far, so every
-example belongs to exactly one rank and the ranks stay balanced. A rank reads
-its units as a stream, in blocks of BLOCK examples shuffled with a seed
-derived from (seed, epoch, unit, block start).
+example belongs to exactly one rank and the ranks stay balanced. A rank keeps
+SLOTS of its units open at once and draws each example from one of them,
+chosen by a seeded hash of the draw number, so a batch mixes examples from
+far-apart parts of the data. Each open unit is read in blocks of BLOCK
+records (one ranged read each), shuffled with a seed derived from (seed,
+epoch, unit, block start).
 
-The read position is (epoch, unit index, block start, examples taken from the
-block). A resume seeks straight to the block start and re-reads at most one
-block: its cost does not depend on how far training got.
+The read position is the epoch, the next unit to open, the draw number and,
+for each open unit, its block start and the records taken from that block. A
+resume seeks straight to those blocks and re-reads at most one block per open
+unit: its cost does not depend on how far training got.
+
+Ranks rarely hold exactly the same number of examples. step_allocations says
+how many each rank contributes to each optimizer step so that every step but
+an epoch's last has the full global batch, as a single process would.
 
 Before the first epoch, one streaming pass counts the usable examples of each
 unit (exact epochs, schedule and ETA) and collects an evalFraction hold-out;
@@ -20,14 +28,16 @@ Rows with an empty text are skipped, as the Hugging Face recipe filters them.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import itertools
 import json
 import random
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections import OrderedDict
+from collections.abc import Generator, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from finetune_operator.api.types import DatasetSpec, FineTuneJobSpec
@@ -36,6 +46,7 @@ from .errors import PermanentError
 from .storage import ObjectInfo, Store, iter_lines, resolve_files
 
 BLOCK = 512
+SLOTS = 8
 MIN_SHARD_BYTES = 16 * 1024
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
@@ -60,14 +71,33 @@ class Unit:
         return f"{self.key}@{self.start}"
 
 
-@dataclass
+@dataclass(frozen=True)
+class Slot:
+    """One open unit: the index of the unit in the rank's epoch assignment, the
+    start of its current block (None before its first block) and how many
+    records of that block (in shuffled order) are used up."""
+
+    unit: int
+    block_start: int | None = None
+    taken: int = 0
+
+
+@dataclass(frozen=True)
 class Position:
     """Where one rank is in its stream for the current epoch."""
 
     epoch: int = 0
-    unit: int = 0
-    block_start: int | None = None
-    taken: int = 0
+    next_unit: int = 0
+    draws: int = 0
+    slots: tuple[Slot, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Position:
+        slots = tuple(Slot(**s) for s in doc["slots"])
+        return cls(doc["epoch"], doc["next_unit"], doc["draws"], slots)
 
 
 @dataclass
@@ -191,6 +221,7 @@ class Source:
         self._headers: dict[str, list[str]] = {}
         self._checked: set[str] = set()
         self._parquet_files: dict[str, Any] = {}
+        self._row_groups: OrderedDict[tuple[str, int], list[dict[str, Any]]] = OrderedDict()
         self._sizes = {f.key: f.size for f in [*self.train_files, *self.eval_files]}
 
     # --- planning ------------------------------------------------------------------
@@ -222,6 +253,22 @@ class Source:
             size = self._sizes[key]
             self._parquet_files[key] = pq.ParquetFile(RangeFile(self.store, key, size))
         return self._parquet_files[key]
+
+    def _row_group(self, unit: Unit) -> list[dict[str, Any]]:
+        """The rows of a parquet row group; the open units' groups stay cached."""
+        ident = (unit.key, unit.start)
+        if ident in self._row_groups:
+            self._row_groups.move_to_end(ident)
+            return self._row_groups[ident]
+        table = self._parquet(unit.key).read_row_group(unit.start)
+        if unit.key not in self._checked:
+            self._check_columns(table.column_names, unit.key)
+            self._checked.add(unit.key)
+        rows: list[dict[str, Any]] = table.to_pylist()
+        self._row_groups[ident] = rows
+        while len(self._row_groups) > SLOTS + 1:
+            self._row_groups.popitem(last=False)
+        return rows
 
     def header(self, unit: Unit) -> list[str]:
         if unit.key not in self._headers:
@@ -279,7 +326,9 @@ class Source:
             )
         return label
 
-    def records(self, unit: Unit, block_start: int | None) -> Iterator[tuple[int, Example | None]]:
+    def records(
+        self, unit: Unit, block_start: int | None
+    ) -> Generator[tuple[int, Example | None], None, None]:
         """(offset, example) for each record of a unit, from block_start on.
 
         The offset is where the record starts (a byte offset, or a row number in
@@ -287,11 +336,7 @@ class Source:
         """
         where = unit.key
         if unit.fmt == "parquet":
-            table = self._parquet(unit.key).read_row_group(unit.start)
-            if unit.key not in self._checked:
-                self._check_columns(table.column_names, where)
-                self._checked.add(unit.key)
-            rows = table.to_pylist()
+            rows = self._row_group(unit)
             for i in range(block_start or 0, len(rows)):
                 yield i, self.to_example(rows[i], f"{where} row {i}")
             return
@@ -412,6 +457,70 @@ def rank_examples(index: DataIndex, epoch: int, seed: int, rank: int, world_size
     )
 
 
+def step_allocations(shares: list[int], per_rank: int) -> Iterator[list[int]]:
+    """Examples each rank contributes to each optimizer step of an epoch.
+
+    Every rank gives per_rank while it can; what a rank that runs dry cannot
+    give is taken from the ranks with the most left, so each step but the
+    epoch's last holds len(shares) x per_rank examples. An epoch therefore has
+    ceil(sum(shares) / (len(shares) x per_rank)) steps, like one process.
+    """
+    remaining = list(shares)
+    batch = per_rank * len(shares)
+    while sum(remaining) > 0:
+        take = [min(per_rank, left) for left in remaining]
+        spare = min(batch, sum(remaining)) - sum(take)
+        for r in sorted(range(len(remaining)), key=lambda r: (take[r] - remaining[r], r)):
+            extra = min(spare, remaining[r] - take[r])
+            take[r] += extra
+            spare -= extra
+        remaining = [left - t for left, t in zip(remaining, take, strict=True)]
+        yield take
+
+
+class _OpenUnit:
+    """A unit being read block by block; its slot is its resumable state."""
+
+    def __init__(self, source: Source, unit: Unit, slot: Slot, seed: int, epoch: int) -> None:
+        self.source, self.unit, self.slot = source, unit, slot
+        self.seed, self.epoch = seed, epoch
+        self.block: list[tuple[int, Example | None]] | None = None
+        self.order: list[int] = []
+        self.next_start: int | None = None
+
+    def _load(self, start: int | None) -> bool:
+        # Closing the generator closes its read stream now, not at garbage collection.
+        with contextlib.closing(self.source.records(self.unit, start)) as records:
+            got = list(itertools.islice(records, BLOCK + 1))
+        self.next_start = got[BLOCK][0] if len(got) > BLOCK else None
+        self.block = got[:BLOCK]
+        if not self.block:
+            return False
+        first = self.block[0][0]
+        self.slot = replace(self.slot, block_start=first)
+        self.order = list(range(len(self.block)))
+        random.Random(f"{self.seed}:{self.epoch}:{self.unit.ident}:{first}").shuffle(self.order)
+        return True
+
+    def next(self) -> tuple[int, Example | None] | None:
+        """The next record in shuffled block order; None once the unit is used up."""
+        if self.block is None and not self._load(self.slot.block_start):
+            return None
+        assert self.block is not None
+        while self.slot.taken >= len(self.block):
+            if self.next_start is None or not self._load(self.next_start):
+                return None
+            self.slot = replace(self.slot, taken=0)
+        record = self.block[self.order[self.slot.taken]]
+        self.slot = replace(self.slot, taken=self.slot.taken + 1)
+        return record
+
+
+def _pick(seed: int, epoch: int, rank: int, draw: int, n: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{rank}:{draw}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n
+
+
 def stream(
     source: Source, index: DataIndex, position: Position, seed: int, rank: int, world_size: int
 ) -> Iterator[tuple[Example, Position]]:
@@ -420,35 +529,24 @@ def stream(
     Yields each example with the position just after it; a checkpoint stores
     the position of the last example a step consumed.
     """
-    units = epoch_assignment(index, position.epoch, seed, rank, world_size)
+    epoch = position.epoch
+    units = epoch_assignment(index, epoch, seed, rank, world_size)
     fraction = source.spec.eval_fraction
-    for ui in range(position.unit, len(units)):
-        unit = units[ui]
-        resume = ui == position.unit and position.block_start is not None
-        block_start = position.block_start if resume else None
-        skip = position.taken if resume else 0
-        records = source.records(unit, block_start)
-        while True:
-            block: list[tuple[int, Example | None]] = []
-            for rec in records:
-                block.append(rec)
-                if len(block) == BLOCK:
-                    break
-            if not block:
-                break
-            start = block[0][0]
-            rng = random.Random(f"{seed}:{position.epoch}:{unit.ident}:{start}")
-            order = list(range(len(block)))
-            rng.shuffle(order)
-            for taken, i in enumerate(order, start=1):
-                if taken <= skip:
-                    continue
-                offset, example = block[i]
-                if example is None or held_out(unit, offset, fraction):
-                    continue
-                yield example, Position(position.epoch, ui, start, taken)
-            skip = 0
-            if len(block) < BLOCK:
-                break
-            # The next block starts at the record after this block's last one;
-            # records are consumed in file order, so the iterator is already there.
+    open_units = [_OpenUnit(source, units[s.unit], s, seed, epoch) for s in position.slots]
+    next_unit, draws = position.next_unit, position.draws
+    while True:
+        while len(open_units) < SLOTS and next_unit < len(units):
+            open_units.append(_OpenUnit(source, units[next_unit], Slot(next_unit), seed, epoch))
+            next_unit += 1
+        if not open_units:
+            return
+        i = _pick(seed, epoch, rank, draws, len(open_units))
+        draws += 1
+        record = open_units[i].next()
+        if record is None:
+            del open_units[i]
+            continue
+        offset, example = record
+        if example is None or held_out(open_units[i].unit, offset, fraction):
+            continue
+        yield example, Position(epoch, next_unit, draws, tuple(o.slot for o in open_units))

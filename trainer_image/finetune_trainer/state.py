@@ -38,12 +38,12 @@ class TrainerState:
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
-        doc["positions"] = [asdict(p) for p in self.positions]
+        doc["positions"] = [p.to_json() for p in self.positions]
         return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> TrainerState:
-        positions = [Position(**p) for p in doc.pop("positions", [])]
+        positions = [Position.from_json(p) for p in doc.pop("positions", [])]
         return cls(positions=positions, **doc)
 
 

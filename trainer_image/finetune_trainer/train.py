@@ -5,18 +5,21 @@ dataset at its exact read position, committing checkpoints to S3 in the
 background and normalising the loss over uneven shards all need control of
 the loop itself (docs/trainer.md says more).
 
-Each optimizer step every rank takes up to perDeviceTrainBatchSize x
-gradientAccumulationSteps examples from its own stream. The loss is summed
+Each optimizer step every rank takes perDeviceTrainBatchSize x
+gradientAccumulationSteps examples from its own stream; near the end of an
+epoch a rank with more examples left takes over what a rank that ran dry
+cannot give (data.step_allocations), in micro-batches of the usual size, so
+every step but the epoch's last has the full global batch. The loss is summed
 per example and scaled by world_size / (examples in the global step), so the
-synchronised gradient is the mean over exactly the examples of that step,
-however unevenly they are spread; a rank whose stream has ended still joins
-each step with zero weight. The epoch ends when every rank's stream has.
+synchronised gradient is the mean over exactly the examples of that step; a
+rank with fewer micro-batches joins the extra rounds with zero weight.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -37,7 +40,16 @@ from finetune_operator.api.types import TrainingSpec
 
 from .checkpoint import BackgroundUploader, CheckpointStore, Committed
 from .config import TrainerConfig
-from .data import DataIndex, Example, Position, Source, count_units, rank_examples, stream
+from .data import (
+    DataIndex,
+    Example,
+    Position,
+    Source,
+    count_units,
+    rank_examples,
+    step_allocations,
+    stream,
+)
 from .errors import PermanentError
 from .evaluation import Evaluator
 from .metrics import TrainerMetrics
@@ -217,16 +229,19 @@ class Run:
             held += other[1]
         return DataIndex(units, counts, held)
 
-    def _steps_per_epoch(self, index: DataIndex, epoch: int) -> int:
-        per_step = (
-            self.spec.training.per_device_train_batch_size
-            * self.spec.training.gradient_accumulation_steps
-        )
-        most = max(
-            rank_examples(index, epoch, self.spec.training.seed, r, self.world)
-            for r in range(self.world)
-        )
-        return math.ceil(most / per_step)
+    def _per_rank(self) -> int:
+        t = self.spec.training
+        return t.per_device_train_batch_size * t.gradient_accumulation_steps
+
+    def _steps_per_epoch(self, index: DataIndex) -> int:
+        # Full global batches (step_allocations): the same for every epoch.
+        examples = sum(index.counts.values())
+        return -(-examples // (self._per_rank() * int(self.world)))
+
+    def _epoch_plan(self, index: DataIndex, epoch: int) -> list[list[int]]:
+        seed = self.spec.training.seed
+        shares = [rank_examples(index, epoch, seed, r, self.world) for r in range(self.world)]
+        return list(step_allocations(shares, self._per_rank()))
 
     def _total_steps(self, index: DataIndex) -> int:
         t = self.spec.training
@@ -234,34 +249,27 @@ class Run:
             raise PermanentError("spec.dataset: the training data has no usable examples")
         if t.max_steps:
             return t.max_steps
-        full, frac = int(t.num_train_epochs), t.num_train_epochs - int(t.num_train_epochs)
-        total = sum(self._steps_per_epoch(index, e) for e in range(full))
-        if frac:
-            total += math.ceil(frac * self._steps_per_epoch(index, full))
-        if total == 0:
-            raise PermanentError("spec.dataset: the training data has no usable examples")
-        return total
+        return math.ceil(t.num_train_epochs * self._steps_per_epoch(index))
 
     # --- the loop ----------------------------------------------------------------
 
-    def _batches(
-        self, examples: Iterator[tuple[Example, Position]], tokenizer: Any
-    ) -> Iterator[tuple[dict[str, torch.Tensor], int, Position]]:
+    def _steps(
+        self, examples: Iterator[tuple[Example, Position]], sizes: list[int], tokenizer: Any
+    ) -> Iterator[tuple[list[dict[str, torch.Tensor]], int, Position | None]]:
+        """Per step: this rank's micro-batches, their example count, the position after."""
         size = self.spec.training.per_device_train_batch_size
-        while True:
-            chunk = []
-            last: Position | None = None
-            for example, pos in examples:
-                chunk.append(example)
-                last = pos
-                if len(chunk) == size:
-                    break
-            if not chunk:
-                return
-            assert last is not None
-            yield self._encode(chunk, tokenizer), len(chunk), last
-            if len(chunk) < size:
-                return
+        for want in sizes:
+            got = list(itertools.islice(examples, want))
+            if len(got) < want:
+                raise PermanentError(
+                    "spec.dataset: the training data changed since the job started (fewer "
+                    "examples than counted); start a new job for new data"
+                )
+            micro = [
+                self._encode([e for e, _ in got[i : i + size]], tokenizer)
+                for i in range(0, want, size)
+            ]
+            yield micro, want, got[-1][1] if got else None
 
     def _encode(self, chunk: list[Example], tokenizer: Any) -> dict[str, torch.Tensor]:
         columns = list(zip(*(e.texts for e in chunk), strict=True))
@@ -323,45 +331,31 @@ class Run:
             )
         last_save = time.monotonic()
         started, start_step = time.monotonic(), state.global_step
-        ga = t.gradient_accumulation_steps
         dummy = self._encode([Example(("",) * len(self.spec.dataset.text_columns), 0)], tokenizer)
+        per_epoch = self._steps_per_epoch(index)
         while state.global_step < state.total_steps:
+            plan = self._epoch_plan(index, position.epoch)
+            first_step = position.epoch * per_epoch
+            skip = state.global_step - first_step
             feed = Prefetcher(
-                self._batches(
-                    stream(source, index, position, t.seed, self.rank, self.world), tokenizer
+                self._steps(
+                    stream(source, index, position, t.seed, self.rank, self.world),
+                    [p[self.rank] for p in plan[skip:]],
+                    tokenizer,
                 )
             )
-            steps_this_epoch = self._steps_per_epoch(index, position.epoch)
-            epoch_first_step = sum(self._steps_per_epoch(index, e) for e in range(position.epoch))
-            done_epoch = False
-            epoch_first_step_taken = state.global_step
-            # A resumed position may sit at the very end of its epoch: nothing is left.
-            fresh_epoch = position.unit == 0 and position.block_start is None
-            while state.global_step < state.total_steps:
-                micro: list[tuple[dict[str, torch.Tensor], int, Position]] = []
-                while len(micro) < ga:
-                    item = feed.get()
-                    if item is _DONE:
-                        break
-                    micro.append(item)
-                local = sum(n for _, n, _ in micro)
-                n_global = int(
-                    self.acc.reduce(torch.tensor([local], device=self.acc.device), "sum").item()
-                )
-                if n_global == 0:
-                    done_epoch = True
+            for alloc in plan[skip:]:
+                if state.global_step >= state.total_steps:
                     break
-                rounds = int(
-                    self.acc.reduce(
-                        torch.tensor([len(micro)], device=self.acc.device), "max"
-                    ).item()
-                )
+                micro, _, after = feed.get()
+                n_global = sum(alloc)
+                rounds = max(math.ceil(a / t.per_device_train_batch_size) for a in alloc)
                 loss_sum = torch.zeros((), device=self.acc.device)
                 tokens = 0
                 model.train()
                 for i in range(rounds):
                     real = i < len(micro)
-                    batch = micro[i][0] if real else dummy
+                    batch = micro[i] if real else dummy
                     batch = {k: v.to(self.acc.device) for k, v in batch.items()}
                     sync = contextlib.nullcontext() if i == rounds - 1 else self.acc.no_sync(model)
                     with sync, self.acc.autocast():
@@ -381,8 +375,8 @@ class Run:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                if micro:
-                    position = micro[-1][2]
+                if after is not None:
+                    position = after
                 state.global_step += 1
                 sums = self.acc.reduce(
                     torch.stack(
@@ -391,9 +385,7 @@ class Run:
                     "sum",
                 )
                 step_loss = float(sums[0].item()) / n_global
-                state.epoch = position.epoch + min(
-                    1.0, (state.global_step - epoch_first_step) / max(1, steps_this_epoch)
-                )
+                state.epoch = position.epoch + (state.global_step - first_step) / len(plan)
                 self._record(
                     state,
                     step_loss,
@@ -411,10 +403,8 @@ class Run:
                     self._checkpoint(model, optimizer, scheduler, state, position, index, uploader)
                     last_save = time.monotonic()
             feed.close()
-            if done_epoch:
-                if fresh_epoch and state.global_step == epoch_first_step_taken:
-                    raise PermanentError("spec.dataset: an epoch yielded no training examples")
-                if t.eval_strategy == "epoch":
+            if state.global_step - first_step >= len(plan):
+                if t.eval_strategy == "epoch" and self._last_eval_step != state.global_step:
                     self._evaluate(evaluator, state)
                 position = Position(epoch=position.epoch + 1)
         if t.eval_strategy != "no" and self._last_eval_step != state.global_step:

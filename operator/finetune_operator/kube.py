@@ -1,0 +1,160 @@
+"""The few API calls the operator makes, over the official Kubernetes client.
+
+Responses are read as plain JSON dictionaries (the same shape the builders
+write), not as client model objects. Creating what already exists and deleting
+what is already gone both count as done: that is what makes a repeated
+reconcile harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from . import constants as c
+
+log = logging.getLogger("finetune_operator")
+
+
+def _json(response: Any) -> Any:
+    return json.loads(response.data)
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    # --- jobs ------------------------------------------------------------------------
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(
+                _json(
+                    self.custom.get_namespaced_custom_object(
+                        c.GROUP, c.VERSION, namespace, c.PLURAL, name, _preload_content=False
+                    )
+                )
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        doc = _json(
+            self.custom.list_cluster_custom_object(
+                c.GROUP, c.VERSION, c.PLURAL, _preload_content=False
+            )
+        )
+        return list(doc.get("items", []))
+
+    def patch_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = job["metadata"]
+        # A merge patch of the status subresource: the spec is untouched, so a
+        # user's concurrent edit of the spec cannot conflict with it or be lost.
+        self.custom.patch_namespaced_custom_object_status(
+            c.GROUP,
+            c.VERSION,
+            meta["namespace"],
+            c.PLURAL,
+            meta["name"],
+            {"status": status},
+            _preload_content=False,
+        )
+
+    def delete_job(self, job: dict[str, Any]) -> None:
+        meta = job["metadata"]
+        try:
+            self.custom.delete_namespaced_custom_object(
+                c.GROUP,
+                c.VERSION,
+                meta["namespace"],
+                c.PLURAL,
+                meta["name"],
+                body=client.V1DeleteOptions(
+                    propagation_policy="Background", preconditions={"uid": meta["uid"]}
+                ),
+                _preload_content=False,
+            )
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
+
+    # --- children ----------------------------------------------------------------------
+
+    def list_pods(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        meta = job["metadata"]
+        doc = _json(
+            self.core.list_namespaced_pod(
+                meta["namespace"],
+                label_selector=f"{c.LABEL_JOB}={meta['name']}",
+                _preload_content=False,
+            )
+        )
+        # Only the pods this very job owns (a job re-created under the same name is another).
+        return [
+            p
+            for p in doc.get("items", [])
+            if any(o.get("uid") == meta["uid"] for o in p["metadata"].get("ownerReferences", []))
+        ]
+
+    def create(self, manifest: dict[str, Any]) -> bool:
+        """Create one object; False when it already exists."""
+        body: Any = manifest  # the client sends plain dictionaries as they are
+        ns = manifest["metadata"]["namespace"]
+        kind = manifest["kind"]
+        try:
+            if kind == "Pod":
+                self.core.create_namespaced_pod(ns, body, _preload_content=False)
+            elif kind == "Service":
+                self.core.create_namespaced_service(ns, body, _preload_content=False)
+            else:
+                group, version = manifest["apiVersion"].split("/")
+                plural = kind.lower() + "s"
+                self.custom.create_namespaced_custom_object(
+                    group, version, ns, plural, manifest, _preload_content=False
+                )
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, namespace, _preload_content=False)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        meta = job["metadata"]
+        now = datetime.now(UTC)
+        body: Any = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": c.API_VERSION,
+                "kind": c.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": c.FIELD_MANAGER},
+            "firstTimestamp": now.isoformat().replace("+00:00", "Z"),
+            "lastTimestamp": now.isoformat().replace("+00:00", "Z"),
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
+        except ApiException as e:  # an event is worth a log line, never a failed reconcile
+            log.warning("could not post event %s for %s: %s", reason, meta["name"], e.reason)
