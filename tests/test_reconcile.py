@@ -76,12 +76,14 @@ def test_reconciling_twice_changes_nothing() -> None:
     obj = apply(obj, first)
     pods = [p for p in first.create if p["kind"] == "Pod"]
     again = reconcile(obj, pods, NOW + timedelta(seconds=5))
-    assert again.create == [] and again.delete_pods == [] and again.events == []
+    assert again.create == []
+    assert again.delete_pods == []
+    assert again.events == []
     assert again.status.to_wire() == obj["status"]
 
 
 def test_running_when_every_pod_runs_and_recovered_after_a_restart() -> None:
-    obj, pods = running_job()
+    obj, _ = running_job()
     cond = {x["type"]: x for x in obj["status"]["conditions"]}
     assert cond["Running"]["status"] == "True"
     assert cond["Running"]["reason"] == "AllPodsRunning"
@@ -91,7 +93,8 @@ def test_a_retryable_failure_starts_a_new_attempt_only_after_the_old_pods_are_go
     obj, pods = running_job()
     pods[1] = with_phase(pods[1], "Failed", 75, "lost the rendezvous with rank 0")
     plan = reconcile(obj, pods, NOW)
-    assert plan.status.attempt == 2 and plan.status.restart_count == 1
+    assert plan.status.attempt == 2
+    assert plan.status.restart_count == 1
     assert plan.status.phase == c.Phase.RESTARTING
     assert sorted(plan.delete_pods) == ["mrpc-node-0", "mrpc-node-1"]
     assert plan.create == []
@@ -102,7 +105,8 @@ def test_a_retryable_failure_starts_a_new_attempt_only_after_the_old_pods_are_go
     for p in terminating:
         p["metadata"]["deletionTimestamp"] = NOW.isoformat()
     waiting = reconcile(obj, terminating, NOW)
-    assert waiting.create == [] and waiting.delete_pods == []
+    assert waiting.create == []
+    assert waiting.delete_pods == []
     # Once they are gone, attempt 2 is created.
     fresh = reconcile(obj, [], NOW)
     created = [p for p in fresh.create if p["kind"] == "Pod"]
@@ -118,7 +122,8 @@ def test_the_permanent_error_code_fails_the_job_at_once() -> None:
     )
     plan = reconcile(obj, pods, NOW)
     assert plan.status.phase == c.Phase.FAILED
-    assert plan.status.attempt == 1 and plan.status.restart_count == 0
+    assert plan.status.attempt == 1
+    assert plan.status.restart_count == 0
     failed = next(x for x in plan.status.conditions or [] if x.type == "Failed")
     assert failed.reason == "TrainerError"
     assert failed.message.endswith("spec.dataset.textColumns: column 'x' not found")
@@ -162,7 +167,8 @@ def test_suspend_removes_the_pods_and_resume_brings_them_back() -> None:
     obj["spec"]["suspend"] = False
     resumed = reconcile(obj, [], NOW)
     assert len([p for p in resumed.create if p["kind"] == "Pod"]) == 2
-    assert resumed.status.attempt == 1 and resumed.status.restart_count == 0
+    assert resumed.status.attempt == 1
+    assert resumed.status.restart_count == 0
     assert {e.reason for e in resumed.events} >= {"Resumed"}
 
 
@@ -186,7 +192,8 @@ def test_unschedulable_pods_are_reported_with_the_schedulers_message() -> None:
         }
     plan = reconcile(obj, pods, NOW)
     cond = next(x for x in plan.status.conditions or [] if x.type == "Unschedulable")
-    assert cond.status == "True" and message in cond.message
+    assert cond.status == "True"
+    assert message in cond.message
     assert [e.type for e in plan.events] == ["Warning"]
 
 
