@@ -59,7 +59,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     plane = ControlPlane(tmp_path_factory.mktemp("controlplane")).start()
     try:
         plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{c.CRD_NAME}")
+
+        def established() -> bool:
+            got = plane.kubectl(
+                "get",
+                f"crd/{c.CRD_NAME}",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                check=False,
+            )
+            return got.stdout.strip() == "True"
+
+        wait_for(established, 60, "the FineTuneJob CRD to be established")
         api = config.new_client_from_config(config_file=str(plane.kubeconfig_path))
         yield Cluster(plane, api)
         api.close()

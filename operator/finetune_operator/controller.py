@@ -186,6 +186,7 @@ class Controller:
         settings: Settings | None = None,
         workers: int = 8,
         resync: float = 60.0,
+        namespaces: tuple[str, ...] = (),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.kube, self.settings, self.clock = kube, settings or Settings(), clock
@@ -193,6 +194,7 @@ class Controller:
         self.metrics = OperatorMetrics()
         self.health = Health()
         self.resync = resync
+        self.namespaces = namespaces
         self.workers = workers
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -228,7 +230,7 @@ class Controller:
     def _resync_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                jobs = self.kube.list_jobs()
+                jobs = self.kube.list_jobs(self.namespaces)
                 listed = {}
                 for job in jobs:
                     key = (job["metadata"]["namespace"], job["metadata"]["name"])

@@ -47,13 +47,24 @@ class Kube:
                 return None
             raise
 
-    def list_jobs(self) -> list[dict[str, Any]]:
-        doc = _json(
-            self.custom.list_cluster_custom_object(
-                c.GROUP, c.VERSION, c.PLURAL, _preload_content=False
+    def list_jobs(self, namespaces: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Every job, or those of the given namespaces."""
+        if not namespaces:
+            doc = _json(
+                self.custom.list_cluster_custom_object(
+                    c.GROUP, c.VERSION, c.PLURAL, _preload_content=False
+                )
             )
-        )
-        return list(doc.get("items", []))
+            return list(doc.get("items", []))
+        items: list[dict[str, Any]] = []
+        for ns in namespaces:
+            doc = _json(
+                self.custom.list_namespaced_custom_object(
+                    c.GROUP, c.VERSION, ns, c.PLURAL, _preload_content=False
+                )
+            )
+            items += doc.get("items", [])
+        return items
 
     def patch_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         meta = job["metadata"]

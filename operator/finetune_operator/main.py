@@ -149,6 +149,13 @@ def _load_config(kubeconfig: str | None) -> client.ApiClient:
     help="Create a PodGroup for this gang scheduler.",
 )
 @click.option(
+    "--trainer-metrics-port",
+    type=int,
+    default=c.METRICS_PORT,
+    show_default=True,
+    help="Port of the trainer pods' metrics endpoint (progress is read from rank 0).",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, 256),
     default=8,
@@ -200,6 +207,7 @@ def main(
     namespaces: tuple[str, ...],
     image: str,
     gang_scheduler: str,
+    trainer_metrics_port: int,
     workers: int,
     resync_seconds: float,
     progress_seconds: float,
@@ -216,13 +224,19 @@ def main(
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    if not verbose:  # kopf logs every handler call at INFO
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings = Settings(
-        defaults=Defaults(image=image),
+        defaults=Defaults(image=image, metrics_port=trainer_metrics_port),
         gang=gang_scheduler,  # type: ignore[arg-type]
         progress_interval=progress_seconds,
     )
     _controller = Controller(
-        Kube(_load_config(kubeconfig)), settings, workers=workers, resync=resync_seconds
+        Kube(_load_config(kubeconfig)),
+        settings,
+        workers=workers,
+        resync=resync_seconds,
+        namespaces=namespaces,
     )
     _controller.health.stale_after = stale_watch_seconds
     serve_http(http_address, http_port, resync_seconds)

@@ -1,0 +1,401 @@
+"""The operator as a real process against the real control plane.
+
+kube-apiserver, kube-controller-manager (garbage collection) and kube-scheduler
+run; GPU nodes are Node objects; no kubelet runs, so operator_support.Kubelet
+writes pod status through the API the way a kubelet would.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from controlplane import free_port
+from kubernetes import client
+
+from finetune_operator import constants as c
+
+from .conftest import Cluster
+from .operator_support import Kubelet, OperatorProcess, gpu_nodes, poll
+
+
+def job_body(name: str, nodes: int = 2, gpus: int = 8, **extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"uri": "s3://models/bert-base-uncased", "numLabels": 2},
+        "dataset": {"uri": "s3://data/mrpc/", "textColumns": ["sentence1", "sentence2"]},
+        "resources": {"nodes": nodes, "gpusPerNode": gpus},
+        "s3": {"credentialsSecret": {"name": "s3-credentials"}},
+        "checkpoints": {"uri": f"s3://ckpt/{name}"},
+    }
+    for key, value in extra.items():
+        spec[key] = value
+    return {"apiVersion": c.API_VERSION, "kind": c.KIND, "metadata": {"name": name}, "spec": spec}
+
+
+@pytest.fixture
+def world(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Two 8-GPU nodes, a kubelet stand-in, and the operator watching the namespace."""
+    kubelet = Kubelet(cluster.core, namespace).start()
+    op = OperatorProcess(
+        cluster.plane.kubeconfig_path, namespace, tmp_path / "operator.log", free_port()
+    )
+    with gpu_nodes(cluster.core, namespace[-6:], 2):
+        op.start()
+        try:
+            yield {"kubelet": kubelet, "operator": op, "ns": namespace}
+        finally:
+            op.stop()
+            kubelet.stop()
+            print(op.log())
+
+
+def pods_of(cluster: Cluster, ns: str, job: str) -> list[Any]:
+    items = cluster.core.list_namespaced_pod(ns, label_selector=f"{c.LABEL_JOB}={job}").items
+    return sorted(items, key=lambda p: p.metadata.name)
+
+
+def status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
+    return dict(cluster.get_job(ns, name).get("status") or {})
+
+
+def cond(st: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((x for x in st.get("conditions", []) if x["type"] == type_), {})
+
+
+def wait_phase(
+    cluster: Cluster, ns: str, name: str, phase: str, timeout: float = 30
+) -> dict[str, Any]:
+    return poll(
+        lambda: (st := status(cluster, ns, name)).get("phase") == phase and st,
+        timeout,
+        f"{name} to be {phase}",
+    )
+
+
+def scheduled_pods(
+    cluster: Cluster, ns: str, job: str, count: int, attempt: str = "1"
+) -> list[Any]:
+    def ready() -> list[Any]:
+        pods = [
+            p
+            for p in pods_of(cluster, ns, job)
+            if p.metadata.labels[c.LABEL_ATTEMPT] == attempt and p.spec.node_name
+        ]
+        return pods if len(pods) == count else []
+
+    return poll(ready, 30, f"{count} scheduled pods of attempt {attempt}")
+
+
+def run_all(kubelet: Kubelet, pods: list[Any]) -> None:
+    for p in pods:
+        kubelet.run(p.metadata.name)
+
+
+def events_of(cluster: Cluster, ns: str, name: str) -> list[str]:
+    items = cluster.core.list_namespaced_event(
+        ns, field_selector=f"involvedObject.name={name}"
+    ).items
+    return [e.reason for e in items]
+
+
+def test_a_job_becomes_a_service_and_a_gang_of_pods_then_runs(
+    cluster: Cluster, world: dict[str, Any]
+) -> None:
+    ns, kubelet = world["ns"], world["kubelet"]
+    job = cluster.create_job(ns, job_body("bert", nodes=2, gpus=8))
+    pods = scheduled_pods(cluster, ns, "bert", 2)
+    svc = cluster.core.read_namespaced_service("bert", ns)
+    assert svc.spec.cluster_ip == "None"
+    assert svc.spec.publish_not_ready_addresses is True
+    uid = job["metadata"]["uid"]
+    for i, p in enumerate(pods):
+        assert p.metadata.name == f"bert-node-{i}"
+        assert [o.uid for o in p.metadata.owner_references] == [uid]
+        assert p.metadata.labels[c.LABEL_NODE_INDEX] == str(i)
+        assert p.metadata.labels[c.LABEL_ROLE] == "worker"
+        trainer = p.spec.containers[0]
+        assert trainer.resources.limits["nvidia.com/gpu"] == "8"
+        env = {e.name: e for e in trainer.env}
+        assert env["FT_NODE_RANK"].value == str(i)
+        assert env["FT_NUM_NODES"].value == "2"
+        assert env["FT_PROCS_PER_NODE"].value == "8"
+        assert env["FT_MASTER_ADDR"].value == f"bert-node-0.bert.{ns}.svc"
+        assert env["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.name == "s3-credentials"
+        assert trainer.security_context.allow_privilege_escalation is False
+        assert p.spec.security_context.run_as_non_root is True
+    # The two pods sit on the two 8-GPU nodes.
+    assert len({p.spec.node_name for p in pods}) == 2
+    assert status(cluster, ns, "bert")["phase"] == "Created"
+
+    run_all(kubelet, pods)
+    st = wait_phase(cluster, ns, "bert", "Running")
+    assert cond(st, "Running")["status"] == "True"
+    assert st["attempt"] == 1
+    assert st["observedGeneration"] == job["metadata"]["generation"]
+    poll(
+        lambda: {"PodsCreated", "AllPodsRunning"} <= set(events_of(cluster, ns, "bert")),
+        20,
+        "an event for each transition",
+    )
+    assert cluster.kubectl("get", "ftj", "bert", "-n", ns).stdout.count("Running") == 1
+
+
+def test_a_retryable_failure_restarts_the_whole_gang_without_overlap(
+    cluster: Cluster, world: dict[str, Any]
+) -> None:
+    ns, kubelet = world["ns"], world["kubelet"]
+    cluster.create_job(ns, job_body("retry"))
+    run_all(kubelet, scheduled_pods(cluster, ns, "retry", 2))
+    wait_phase(cluster, ns, "retry", "Running")
+
+    kubelet.exit("retry-node-1", c.ExitCode.RETRYABLE, "lost rank 0: connection reset")
+    new = scheduled_pods(cluster, ns, "retry", 2, attempt="2")
+    st = status(cluster, ns, "retry")
+    assert st["attempt"] == 2
+    assert st["restartCount"] == 1
+    assert "connection reset" in cond(st, "Restarting")["message"]
+    # Every pod of attempt 1 was gone before any pod of attempt 2 was created.
+    assert kubelet.overlaps() == []
+    assert {p.metadata.labels[c.LABEL_ATTEMPT] for p in pods_of(cluster, ns, "retry")} == {"2"}
+    run_all(kubelet, new)
+    st = wait_phase(cluster, ns, "retry", "Running")
+    assert cond(st, "Restarting")["reason"] == "Recovered"
+
+
+def test_the_permanent_error_code_fails_at_once_and_backoff_limit_is_kept(
+    cluster: Cluster, world: dict[str, Any]
+) -> None:
+    ns, kubelet = world["ns"], world["kubelet"]
+    cluster.create_job(ns, job_body("bad-column"))
+    run_all(kubelet, scheduled_pods(cluster, ns, "bad-column", 2))
+    wait_phase(cluster, ns, "bad-column", "Running")
+    reason = "spec.dataset.textColumns: column 'sentence' not found; the data has columns: a, b"
+    kubelet.exit("bad-column-node-0", c.ExitCode.PERMANENT, reason)
+    st = wait_phase(cluster, ns, "bad-column", "Failed")
+    failed = cond(st, "Failed")
+    assert failed["reason"] == "TrainerError"
+    assert reason in failed["message"]
+    assert st["restartCount"] == 0
+    assert "completionTime" in st
+    # No new attempt; the rest of the gang is stopped; the failed pod stays for `logs`.
+    poll(
+        lambda: (
+            [p.metadata.name for p in pods_of(cluster, ns, "bad-column")] == ["bad-column-node-0"]
+        ),
+        30,
+        "the running pod to be removed",
+    )
+
+    cluster.create_job(ns, job_body("flaky", nodes=1, gpus=8, runPolicy={"backoffLimit": 1}))
+    kubelet.exit(scheduled_pods(cluster, ns, "flaky", 1)[0].metadata.name, 1, "NCCL timeout")
+    kubelet.exit(
+        scheduled_pods(cluster, ns, "flaky", 1, attempt="2")[0].metadata.name, 1, "NCCL timeout"
+    )
+    st = wait_phase(cluster, ns, "flaky", "Failed")
+    assert cond(st, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert "backoffLimit 1" in cond(st, "Failed")["message"]
+    assert st["restartCount"] == 1
+    poll(
+        lambda: "BackoffLimitExceeded" in events_of(cluster, ns, "flaky"),
+        20,
+        "the BackoffLimitExceeded event",
+    )
+
+
+def test_deleting_a_job_collects_its_objects_and_the_ttl_deletes_finished_jobs(
+    cluster: Cluster, world: dict[str, Any]
+) -> None:
+    ns, kubelet = world["ns"], world["kubelet"]
+    cluster.create_job(ns, job_body("doomed"))
+    scheduled_pods(cluster, ns, "doomed", 2)
+    cluster.custom.delete_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.PLURAL, "doomed")
+    poll(lambda: not pods_of(cluster, ns, "doomed"), 60, "the pods to be garbage-collected")
+    poll(
+        lambda: not cluster.core.list_namespaced_service(ns).items,
+        60,
+        "the Service to be garbage-collected",
+    )
+
+    cluster.create_job(ns, job_body("quick", nodes=1, runPolicy={"ttlSecondsAfterFinished": 3}))
+    pod = scheduled_pods(cluster, ns, "quick", 1)[0]
+    kubelet.run(pod.metadata.name)
+    kubelet.exit(pod.metadata.name, 0)
+    wait_phase(cluster, ns, "quick", "Succeeded")
+
+    def gone() -> bool:
+        try:
+            cluster.get_job(ns, "quick")
+        except client.ApiException as e:
+            return e.status == 404
+        return False
+
+    poll(gone, 30, "the TTL to delete the finished job")
+    poll(lambda: not pods_of(cluster, ns, "quick"), 60, "its pod to be collected")
+
+
+def test_suspend_removes_the_pods_and_resume_brings_them_back(
+    cluster: Cluster, world: dict[str, Any]
+) -> None:
+    ns, kubelet = world["ns"], world["kubelet"]
+    cluster.create_job(ns, job_body("pausable"))
+    run_all(kubelet, scheduled_pods(cluster, ns, "pausable", 2))
+    wait_phase(cluster, ns, "pausable", "Running")
+    patch = {"spec": {"suspend": True}}
+    cluster.custom.patch_namespaced_custom_object(
+        c.GROUP, c.VERSION, ns, c.PLURAL, "pausable", patch
+    )
+    st = wait_phase(cluster, ns, "pausable", "Suspended")
+    assert cond(st, "Suspended")["status"] == "True"
+    poll(lambda: not pods_of(cluster, ns, "pausable"), 30, "the pods to be removed")
+    assert cluster.get_job(ns, "pausable")["spec"]["suspend"] is True
+
+    patch = {"spec": {"suspend": False}}
+    cluster.custom.patch_namespaced_custom_object(
+        c.GROUP, c.VERSION, ns, c.PLURAL, "pausable", patch
+    )
+    run_all(kubelet, scheduled_pods(cluster, ns, "pausable", 2))
+    st = wait_phase(cluster, ns, "pausable", "Running")
+    assert cond(st, "Suspended")["reason"] == "Resumed"
+    assert st["restartCount"] == 0
+
+
+def test_more_gpus_than_any_node_has_is_reported_unschedulable(
+    cluster: Cluster, world: dict[str, Any]
+) -> None:
+    ns = world["ns"]
+    cluster.create_job(ns, job_body("huge", nodes=1, gpus=16))
+    st = poll(
+        lambda: (
+            cond(s := status(cluster, ns, "huge"), "Unschedulable").get("status") == "True" and s
+        ),
+        20,
+        "the Unschedulable condition",
+    )
+    message = cond(st, "Unschedulable")["message"]
+    assert "huge-node-0" in message
+    assert "Insufficient nvidia.com/gpu" in message
+    poll(lambda: "Unschedulable" in events_of(cluster, ns, "huge"), 20, "a warning event")
+
+
+def test_a_missing_secret_or_image_is_a_condition_with_the_kubelets_reason(
+    cluster: Cluster, world: dict[str, Any]
+) -> None:
+    ns, kubelet = world["ns"], world["kubelet"]
+    cluster.create_job(ns, job_body("nosecret", nodes=1))
+    pod = scheduled_pods(cluster, ns, "nosecret", 1)[0]
+    kubelet.waiting(
+        pod.metadata.name, "CreateContainerConfigError", 'secret "s3-credentials" not found'
+    )
+    st = poll(
+        lambda: (
+            cond(s := status(cluster, ns, "nosecret"), "Running").get("reason")
+            == "ContainerConfigError"
+            and s
+        ),
+        20,
+        "the ContainerConfigError reason",
+    )
+    assert 'secret "s3-credentials" not found' in cond(st, "Running")["message"]
+    assert st["phase"] == "Created"
+
+
+def test_progress_is_read_from_rank0_and_a_spec_edit_during_status_writes_is_kept(
+    cluster: Cluster, world: dict[str, Any]
+) -> None:
+    """The trainer's own metrics endpoint serves rank 0's progress on the pod IP."""
+    from finetune_trainer.metrics import TrainerMetrics
+
+    ns, kubelet, op = world["ns"], world["kubelet"], world["operator"]
+    metrics = TrainerMetrics("live", ns)
+    metrics.serve(op.metrics_port)
+    metrics.total_steps.set(1000)
+    cluster.create_job(ns, job_body("live"))
+    run_all(kubelet, scheduled_pods(cluster, ns, "live", 2))
+    wait_phase(cluster, ns, "live", "Running")
+
+    # Training moves on (status writes) while a user edits the spec, both at once.
+    done = threading.Event()
+
+    def train() -> None:
+        step = 0
+        while not done.is_set():
+            step += 1
+            metrics.global_step.set(step)
+            metrics.train_loss.set(1.0 / step)
+            done.wait(0.05)
+
+    trainer = threading.Thread(target=train, daemon=True)
+    trainer.start()
+    try:
+        for limit in range(1, 21):
+            body = copy.deepcopy(cluster.get_job(ns, "live"))
+            body["spec"]["runPolicy"]["backoffLimit"] = limit
+            body["metadata"].setdefault("labels", {})["edit"] = str(limit)
+            for _ in range(20):  # like `kubectl edit`: on a conflict, read again and retry
+                try:
+                    cluster.custom.replace_namespaced_custom_object(
+                        c.GROUP, c.VERSION, ns, c.PLURAL, "live", body
+                    )
+                    break
+                except client.ApiException as e:
+                    if e.status != 409:
+                        raise
+                    fresh = cluster.get_job(ns, "live")
+                    fresh["spec"]["runPolicy"]["backoffLimit"] = limit
+                    fresh["metadata"].setdefault("labels", {})["edit"] = str(limit)
+                    body = fresh
+        first = status(cluster, ns, "live")["progress"]["step"]
+        poll(
+            lambda: status(cluster, ns, "live").get("progress", {}).get("step", 0) > first,
+            20,
+            "progress to keep moving",
+        )
+    finally:
+        done.set()
+        trainer.join()
+    job = cluster.get_job(ns, "live")
+    assert job["spec"]["runPolicy"]["backoffLimit"] == 20
+    assert job["metadata"]["labels"]["edit"] == "20"
+    progress = poll(
+        lambda: (
+            (p := status(cluster, ns, "live").get("progress", {})).get("step")
+            == int(metrics.global_step._value.get())
+            and p
+        ),
+        20,
+        "the last step in status",
+    )
+    assert progress["totalSteps"] == 1000
+    assert progress["loss"] == pytest.approx(1.0 / progress["step"], rel=1e-4)
+    poll(
+        lambda: (
+            status(cluster, ns, "live").get("observedGeneration")
+            == cluster.get_job(ns, "live")["metadata"]["generation"]
+        ),
+        20,
+        "observedGeneration to catch up",
+    )
+
+
+def test_operator_metrics_and_health(cluster: Cluster, world: dict[str, Any]) -> None:
+    ns, op = world["ns"], world["operator"]
+    cluster.create_job(ns, job_body("counted", nodes=1))
+    scheduled_pods(cluster, ns, "counted", 1)
+    wanted = (
+        "finetune_operator_pods_created_total 1.0",
+        'finetune_operator_jobs{phase="Created"} 1.0',
+    )
+    _, text = poll(
+        lambda: (r := op.get("/metrics"))[0] == 200 and all(w in r[1] for w in wanted) and r,
+        20,
+        "the operator's metrics",
+    )
+    assert "finetune_operator_reconcile_seconds_count" in text
+    assert op.get("/healthz")[0] == 200
+    assert op.get("/readyz")[0] == 200
+    assert json.dumps(text).count("s3-credentials") == 0
