@@ -73,6 +73,7 @@ class PodRecord:
 
     type: str
     name: str
+    job: str
     attempt: str
     uid: str
 
@@ -115,6 +116,7 @@ class Kubelet:
                         PodRecord(
                             ev["type"],
                             obj.metadata.name,
+                            labels.get(c.LABEL_JOB, ""),
                             labels.get(c.LABEL_ATTEMPT, ""),
                             obj.metadata.uid,
                         )
@@ -217,8 +219,8 @@ class Kubelet:
         )
 
     def overlaps(self) -> list[str]:
-        """Pods of a newer attempt that appeared while an older attempt's pod existed."""
-        alive: dict[str, str] = {}
+        """Pods of a job's newer attempt that appeared while a pod of an older one existed."""
+        alive: dict[str, PodRecord] = {}
         found = []
         for rec in self.history:
             if rec.type == "DELETED":
@@ -226,13 +228,15 @@ class Kubelet:
                 continue
             if rec.type == "ADDED":
                 older = [
-                    a for a in alive.values() if a and rec.attempt and int(a) < int(rec.attempt)
+                    a.attempt
+                    for a in alive.values()
+                    if a.job == rec.job and int(a.attempt or 0) < int(rec.attempt or 0)
                 ]
                 if older:
                     found.append(
                         f"{rec.name} (attempt {rec.attempt}) while attempt {older[0]} lived"
                     )
-            alive[rec.uid] = rec.attempt
+            alive[rec.uid] = rec
         return found
 
 

@@ -399,3 +399,82 @@ def test_operator_metrics_and_health(cluster: Cluster, world: dict[str, Any]) ->
     assert op.get("/healthz")[0] == 200
     assert op.get("/readyz")[0] == 200
     assert json.dumps(text).count("s3-credentials") == 0
+
+
+def test_killing_the_operator_at_20_random_points_leaves_exactly_the_expected_pods(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    """SIGKILL during creation and during gang restarts, then one clean run settles it."""
+    import random
+    import time
+
+    seed = random.SystemRandom().randrange(1 << 30)
+    print(f"kill points seeded with {seed}")
+    rng = random.Random(seed)
+    ns = namespace
+    kubelet = Kubelet(cluster.core, ns, auto_run=True).start()
+    op = OperatorProcess(cluster.plane.kubeconfig_path, ns, tmp_path / "operator.log", free_port())
+    jobs = {f"kill-{i}": 2 for i in range(3)}
+    injected = dict.fromkeys(jobs, 0)
+    with gpu_nodes(cluster.core, ns[-6:], 2, gpus=8):
+        for name, nodes in jobs.items():
+            cluster.create_job(
+                ns, job_body(name, nodes=nodes, gpus=1, runPolicy={"backoffLimit": 20})
+            )
+        try:
+            for point in range(20):
+                op.start()
+                if point % 3 == 2:
+                    # Recovery: fail a running pod of the current attempt of some job.
+                    name = rng.choice(list(jobs))
+                    st = status(cluster, ns, name)
+                    running = [
+                        p
+                        for p in pods_of(cluster, ns, name)
+                        if p.status.phase == "Running"
+                        and p.metadata.deletion_timestamp is None
+                        and p.metadata.labels[c.LABEL_ATTEMPT] == str(st.get("attempt"))
+                    ]
+                    if st.get("phase") == "Running" and running:
+                        kubelet.exit(
+                            rng.choice(running).metadata.name, c.ExitCode.RETRYABLE, "lost"
+                        )
+                        injected[name] += 1
+                time.sleep(rng.uniform(0.0, 1.5))  # the kill point itself, not a synchronisation
+                op.kill()
+            op.start()
+
+            def settled() -> bool:
+                for name, nodes in jobs.items():
+                    st = status(cluster, ns, name)
+                    pods = pods_of(cluster, ns, name)
+                    if st.get("phase") != "Running" or len(pods) != nodes:
+                        return False
+                    if any(p.metadata.labels[c.LABEL_ATTEMPT] != str(st["attempt"]) for p in pods):
+                        return False
+                return True
+
+            poll(settled, 90, "every job to run exactly its pods of its current attempt")
+        finally:
+            op.stop()
+            kubelet.stop()
+            print(op.log())
+    print(f"gang restarts injected: {injected}")
+    assert sum(injected.values()) > 0
+    uids = {cluster.get_job(ns, name)["metadata"]["uid"]: name for name in jobs}
+    all_pods = cluster.core.list_namespaced_pod(ns).items
+    assert sorted(p.metadata.name for p in all_pods) == sorted(
+        f"{name}-node-{i}" for name, nodes in jobs.items() for i in range(nodes)
+    )
+    for p in all_pods:  # no orphans: each pod is owned by its job
+        assert [uids.get(o.uid) for o in p.metadata.owner_references] == [
+            p.metadata.labels[c.LABEL_JOB]
+        ]
+    for name in jobs:
+        st = status(cluster, ns, name)
+        # Each injected failure restarted the gang exactly once, whatever the kills.
+        assert st["restartCount"] == injected[name], (name, st, injected)
+        assert st["attempt"] == injected[name] + 1
+    services = cluster.core.list_namespaced_service(ns).items
+    assert sorted(s.metadata.name for s in services) == sorted(jobs)
+    assert kubelet.overlaps() == []
