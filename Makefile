@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install generate check-generated lint format system-deps cluster-bin s3-bin \
-        cluster-up cluster-down test test-slow clean
+        cluster-up cluster-down test test-slow bench-operator clean
 
 help:
 	@echo "make test          install everything, lint, and run the test suite (what CI runs)"
@@ -18,6 +18,7 @@ help:
 	@echo "make lint          ruff and mypy --strict"
 	@echo "make cluster-up    start the local control plane; kubeconfig in .cache/cluster/"
 	@echo "make cluster-down  stop it"
+	@echo "make bench-operator  200 FineTuneJobs at once against the local control plane"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,13 +37,13 @@ check-generated: $(STAMP)
 	$(BIN)/python -m finetune_operator.api.crd --check
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator trainer_image tests
-	$(BIN)/ruff format --check operator trainer_image tests
+	$(BIN)/ruff check operator trainer_image tests bench
+	$(BIN)/ruff format --check operator trainer_image tests bench
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format operator trainer_image tests
-	$(BIN)/ruff check --fix operator trainer_image tests
+	$(BIN)/ruff format operator trainer_image tests bench
+	$(BIN)/ruff check --fix operator trainer_image tests bench
 
 # Debian packages the tests run for real: Prometheus scrapes the trainer.
 system-deps:
@@ -69,6 +70,10 @@ test: $(STAMP) system-deps cluster-bin s3-bin lint check-generated
 
 test-slow: $(STAMP) system-deps cluster-bin s3-bin
 	$(BIN)/python -m pytest -m slow -s
+
+# Benchmarks print a table for docs/benchmarks.md; they are not tests.
+bench-operator: $(STAMP) cluster-bin
+	$(BIN)/python bench/operator_jobs.py
 
 clean: cluster-down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
