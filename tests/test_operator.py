@@ -478,3 +478,68 @@ def test_killing_the_operator_at_20_random_points_leaves_exactly_the_expected_po
     services = cluster.core.list_namespaced_service(ns).items
     assert sorted(s.metadata.name for s in services) == sorted(jobs)
     assert kubelet.overlaps() == []
+
+
+def test_the_shipped_cluster_role_is_enough_and_no_more(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    """The operator runs with a ServiceAccount token bound to manifests/operator's ClusterRole."""
+    import yaml
+    from controlplane import ROOT, kubeconfig
+
+    docs = list(yaml.safe_load_all((ROOT / "manifests" / "operator" / "operator.yaml").read_text()))
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    ns = namespace
+    role_name = f"finetune-operator-{ns[-6:]}"
+    role["metadata"]["name"] = role_name
+    rbac = client.RbacAuthorizationV1Api(cluster.api)
+    rbac.create_cluster_role(role)
+    binding = {
+        "metadata": {"name": role_name},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": role_name,
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": "finetune-operator", "namespace": ns}],
+    }
+    rbac.create_cluster_role_binding(binding)
+    try:
+        cluster.core.create_namespaced_service_account(
+            ns, {"metadata": {"name": "finetune-operator"}}
+        )
+        token = cluster.core.create_namespaced_service_account_token(
+            "finetune-operator", ns, {"spec": {"expirationSeconds": 3600}}
+        ).status.token
+        config_file = tmp_path / "operator.kubeconfig"
+        ca = cluster.plane.workdir / "pki" / "ca.crt"
+        config_file.write_text(
+            yaml.safe_dump(kubeconfig(cluster.plane.server, ca, token, "finetune-operator"))
+        )
+        who = f"--as=system:serviceaccount:{ns}:finetune-operator"
+        for verb, resource in (("get", "secrets"), ("list", "secrets"), ("update", "finetunejobs")):
+            answer = cluster.kubectl("auth", "can-i", verb, resource, who, "-n", ns, check=False)
+            assert answer.stdout.strip() == "no", (verb, resource)
+
+        kubelet = Kubelet(cluster.core, ns).start()
+        op = OperatorProcess(config_file, ns, tmp_path / "operator.log", free_port())
+        with gpu_nodes(cluster.core, ns[-6:], 2):
+            op.start()
+            try:
+                cluster.create_job(ns, job_body("least"))
+                run_all(kubelet, scheduled_pods(cluster, ns, "least", 2))
+                wait_phase(cluster, ns, "least", "Running")
+                poll(
+                    lambda: "AllPodsRunning" in events_of(cluster, ns, "least"),
+                    20,
+                    "the operator's events",
+                )
+            finally:
+                op.stop()
+                kubelet.stop()
+        log = op.log()
+        assert "403" not in log
+        assert "Forbidden" not in log, log
+    finally:
+        rbac.delete_cluster_role_binding(role_name)
+        rbac.delete_cluster_role(role_name)
