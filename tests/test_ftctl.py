@@ -1,0 +1,86 @@
+"""ftctl: the local mode (README's first command) and its errors."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from finetune_operator.ftctl.main import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+FTCTL = str(Path(sys.executable).parent / "ftctl")
+
+
+def test_the_readme_quickstart_runs_locally_and_prints_its_accuracy(tmp_path: Path) -> None:
+    # The README command, run from a copy of the repository's examples (fresh checkpoints).
+    shutil.copytree(ROOT / "examples" / "local", tmp_path / "examples" / "local")
+    done = subprocess.run(
+        [FTCTL, "run", "-f", "examples/local/quickstart.yaml", "--local", "--metrics-port", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    assert "using the offline copy installed at" in out
+    found = re.search(
+        r"ftctl: quickstart finished\. Evaluation at step \d+: accuracy ([0-9.]+)", out
+    )
+    assert found, out[-4000:]
+    accuracy = float(found.group(1))
+    print(f"\nquickstart dev accuracy: {accuracy:.4f}")
+    assert accuracy > 0.75  # chance is 0.5 (the dev labels are balanced within 4 points)
+    model = tmp_path / "runs" / "quickstart" / "model"
+    assert (model / "model.safetensors").is_file()
+    assert "Traceback" not in out
+
+
+def test_a_bad_job_file_is_one_line_naming_the_field(tmp_path: Path) -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "local" / "quickstart.yaml").read_text())
+    doc["spec"]["training"]["perDeviceTrainBatchSize"] = 0
+    doc["spec"]["training"]["warmupRatoi"] = 0.1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(cli, ["run", "-f", str(bad), "--local"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert (
+        "spec.training.perDeviceTrainBatchSize: Input should be greater than or equal to 1"
+        in lines[0]
+    )
+    assert 'unknown field "spec.training.warmupRatoi"' in lines[0]
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_missing_files_and_wrong_kinds_are_plain_errors(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", "-f", str(tmp_path / "nope.yaml"), "--local"])
+    assert result.exit_code == 1
+    assert "nope.yaml" in result.output
+    assert "No such file" in result.output
+    other = tmp_path / "pod.yaml"
+    other.write_text("apiVersion: v1\nkind: Pod\n")
+    result = CliRunner().invoke(cli, ["run", "-f", str(other), "--local"])
+    assert result.exit_code == 1
+    assert "expected a FineTuneJob" in result.output
+
+
+def test_run_without_local_says_what_to_do_instead() -> None:
+    path = str(ROOT / "examples" / "local" / "quickstart.yaml")
+    result = CliRunner().invoke(cli, ["run", "-f", path])
+    assert result.exit_code == 2
+    assert "--local" in result.output
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(cli, ["version"])
+    assert result.exit_code == 0
+    assert re.fullmatch(r"ftctl \d+\.\d+\.\d+\S* \(finetune\.dev/v1alpha1\)\n", result.output)
