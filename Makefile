@@ -37,8 +37,8 @@ check-generated: $(STAMP)
 	$(BIN)/python -m finetune_operator.api.crd --check
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator trainer_image tests bench
-	$(BIN)/ruff format --check operator trainer_image tests bench
+	$(BIN)/ruff check operator trainer_image tests bench examples
+	$(BIN)/ruff format --check operator trainer_image tests bench examples
 	$(BIN)/mypy
 
 format: $(STAMP)

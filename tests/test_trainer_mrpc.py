@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer_support import MRPC, minilm_dir, run_nodes
+from trainer_support import mrpc_minilm_spec, run_nodes
 
 REFERENCE = {"accuracy": 0.814, "f1": 0.870}
 
@@ -22,34 +22,7 @@ REFERENCE = {"accuracy": 0.814, "f1": 0.870}
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_mrpc_minilm_two_ranks_matches_the_recipe(tmp_path: Path) -> None:
-    spec = {
-        "model": {
-            "uri": f"file://{minilm_dir()}",
-            "numLabels": 2,
-            "labelNames": ["not_equivalent", "equivalent"],
-        },
-        "dataset": {
-            "uri": f"file://{MRPC}/",
-            "format": "tsv",
-            "textColumns": ["#1 String", "#2 String"],
-            "labelColumn": "Quality",
-            "trainSplit": "train",
-            "evalSplit": "dev",
-            "maxSeqLength": 128,
-        },
-        # Global batch 8 over 2 ranks, as in the single-process recipe.
-        "training": {
-            "numTrainEpochs": 3,
-            "perDeviceTrainBatchSize": 4,
-            "learningRate": 5e-5,
-            "evalStrategy": "epoch",
-            "loggingSteps": 100,
-            "seed": 42,
-        },
-        "resources": {"nodes": 2, "gpusPerNode": 1},
-        "checkpoints": {"uri": f"file://{tmp_path}/ckpt", "saveSteps": 500},
-        "output": {"uri": f"file://{tmp_path}/model"},
-    }
+    spec = mrpc_minilm_spec(tmp_path, seed=42)
     log = run_nodes(spec, tmp_path / "run", timeout=3600)[0].output()
     final = re.findall(r"eval at step (\d+) \| (.*)", log)[-1]
     metrics = dict(zip(final[1].split()[::2], map(float, final[1].split()[1::2]), strict=True))
