@@ -96,8 +96,58 @@ def resolve_local(doc: dict[str, Any], cwd: Path) -> list[str]:
 def load(path: Path, local: bool = False, cwd: Path | None = None) -> LoadedJob:
     doc = read(path)
     notes = resolve_local(doc, cwd or Path.cwd()) if local else []
+    return LoadedJob(validate(doc, str(path)), notes)
+
+
+def split_gpus(gpus: int, per_node: int) -> tuple[int, int]:
+    """(nodes, gpusPerNode) for a total: 8 -> 1 x 8, 16 -> 2 x 8, 4 -> 1 x 4."""
+    if gpus <= per_node:
+        return 1, gpus
+    if gpus % per_node:
+        raise JobFileError(
+            f"--gpus {gpus} is not a multiple of --gpus-per-node {per_node}; "
+            f"use {gpus - gpus % per_node} or {gpus - gpus % per_node + per_node}"
+        )
+    return gpus // per_node, per_node
+
+
+def _set(doc: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = doc
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def compose(base: dict[str, Any] | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A FineTuneJob document: the file's (or a new one) with flag values set over it.
+
+    `overrides` maps dotted paths (metadata.name, spec.training.learningRate) to values;
+    None means "not given".
+    """
+    doc: dict[str, Any] = base or {"apiVersion": c.API_VERSION, "kind": c.KIND, "metadata": {}}
+    doc.setdefault("metadata", {})
+    doc.setdefault("spec", {})
+    for path, value in overrides.items():
+        if value is not None:
+            _set(doc, path, value)
+    return doc
+
+
+def validate(doc: dict[str, Any], source: str = "the job") -> FineTuneJob:
     try:
-        job = FineTuneJob.model_validate(doc)
+        return FineTuneJob.model_validate(doc)
     except ValidationError as e:
-        raise JobFileError(f"{path}: {describe_validation_error(e, '')}") from None
-    return LoadedJob(job, notes)
+        raise JobFileError(f"{source}: {describe_validation_error(e, '')}") from None
+
+
+def manifest(job: FineTuneJob, namespace: str | None = None) -> dict[str, Any]:
+    """What is sent to the cluster: the spec with every default written out, which is
+    exactly what the CRD's defaults would make of it."""
+    body = job.to_wire()
+    body.pop("status", None)
+    meta = {k: v for k, v in body.get("metadata", {}).items() if v}
+    if namespace:
+        meta["namespace"] = namespace
+    body["metadata"] = meta
+    return body

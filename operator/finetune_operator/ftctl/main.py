@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import click
 
+from .delete import delete
+from .describe import describe
+from .list import list_
 from .run import run
+from .submit import submit
+from .suspend import resume, suspend
 from .version import version
 
 
@@ -18,8 +23,8 @@ def cli() -> None:
     """
 
 
-cli.add_command(run)
-cli.add_command(version)
+for command in (submit, list_, describe, suspend, resume, delete, run, version):
+    cli.add_command(command)
 
 
 def main() -> None:

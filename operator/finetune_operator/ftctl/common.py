@@ -1,0 +1,38 @@
+"""Options every cluster command shares (like kubectl's), and error handling."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..client import ClientError, Cluster, Jobs, connect
+from ..jobfile import JobFileError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cluster_options(fn: F) -> F:
+    """--kubeconfig, --context, -n/--namespace; the command receives `jobs: Jobs`."""
+
+    @click.option(
+        "--kubeconfig",
+        envvar="KUBECONFIG",
+        help="Kubeconfig file (default: $KUBECONFIG, ~/.kube/config).",
+    )
+    @click.option("--context", help="Kubeconfig context (default: the current one).")
+    @click.option("-n", "--namespace", help="Namespace (default: the context's).")
+    @functools.wraps(fn)
+    def wrapper(
+        kubeconfig: str | None, context: str | None, namespace: str | None, **kw: Any
+    ) -> Any:
+        first = kubeconfig.split(":")[0] if kubeconfig else None
+        try:
+            cluster: Cluster = connect(first, context, namespace)
+            return fn(jobs=Jobs(cluster), **kw)
+        except (ClientError, JobFileError) as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,202 @@
+"""ftctl against the real test control plane, through Click's runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from finetune_operator import constants as c
+from finetune_operator.ftctl.main import cli
+
+from .conftest import CRD_FILE, Cluster
+
+MODEL = "hf://bert-base-uncased"
+
+
+def ftctl(cluster: Cluster, namespace: str, *args: str) -> Result:
+    return CliRunner().invoke(
+        cli,
+        [*args, "--kubeconfig", str(cluster.plane.kubeconfig_path), "-n", namespace],
+        catch_exceptions=False,
+    )
+
+
+def flags(name: str, *extra: str) -> list[str]:
+    return [
+        "submit",
+        "--name",
+        name,
+        "--model",
+        MODEL,
+        "--num-labels",
+        "2",
+        "--dataset",
+        "s3://data/mrpc/",
+        "--text-columns",
+        "sentence1,sentence2",
+        "--checkpoint-uri",
+        f"s3://ckpt/{name}",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(("gpus", "shape"), [("8", (1, 8)), ("16", (2, 8)), ("4", (1, 4))])
+def test_submit_splits_total_gpus_into_nodes(
+    cluster: Cluster, namespace: str, gpus: str, shape: tuple[int, int]
+) -> None:
+    result = ftctl(cluster, namespace, *flags("split", "--gpus", gpus))
+    assert result.exit_code == 0, result.output
+    assert result.output == f"finetunejob.finetune.dev/split created in {namespace}\n"
+    res = cluster.get_job(namespace, "split")["spec"]["resources"]
+    assert (res["nodes"], res["gpusPerNode"]) == shape
+
+
+def test_uneven_gpus_are_refused_before_anything_is_sent(cluster: Cluster, namespace: str) -> None:
+    result = ftctl(cluster, namespace, *flags("odd", "--gpus", "12"))
+    assert result.exit_code == 1
+    assert "--gpus 12 is not a multiple of --gpus-per-node 8; use 8 or 16" in result.output
+    assert not ftctl(cluster, namespace, "list", "-o", "name").output
+
+
+def test_dry_run_prints_exactly_what_gets_created(cluster: Cluster, namespace: str) -> None:
+    args = flags("same", "--gpus", "16", "--lr", "3e-5", "--epochs", "2")
+    dry = ftctl(cluster, namespace, *args, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    printed = yaml.safe_load(dry.output)
+    assert not ftctl(cluster, namespace, "list", "-o", "name").output  # nothing was sent
+    assert ftctl(cluster, namespace, *args).exit_code == 0
+    created = cluster.get_job(namespace, "same")
+    # The client writes every default the CRD would: the spec is identical.
+    assert printed["spec"] == created["spec"]
+    assert printed["metadata"] == {"name": "same", "namespace": namespace}
+    assert created["spec"]["training"]["learningRate"] == 3e-5
+
+
+def test_submit_from_a_file_with_flags_over_it(cluster: Cluster, namespace: str) -> None:
+    from controlplane import ROOT
+
+    path = ROOT / "examples" / "mrpc-bert-2x8.yaml"
+    result = ftctl(cluster, namespace, "submit", "-f", str(path), "--name", "mine", "--lr", "2e-5")
+    assert result.exit_code == 0, result.output
+    job = cluster.get_job(namespace, "mine")
+    original = yaml.safe_load(path.read_text())["spec"]
+    assert job["spec"]["training"]["learningRate"] == 2e-5
+    assert job["spec"]["resources"]["nodes"] == original["resources"]["nodes"]
+    assert job["spec"]["dataset"]["textColumns"] == original["dataset"]["textColumns"]
+
+
+def test_generated_names_come_from_the_model(cluster: Cluster, namespace: str) -> None:
+    args = [a for a in flags("x", "--gpus", "8") if a not in ("--name", "x")]
+    result = ftctl(cluster, namespace, *args)
+    assert result.exit_code == 0, result.output
+    name = result.output.split("/")[1].split()[0]
+    assert name.startswith("bert-base-uncased-")
+    assert cluster.get_job(namespace, name)["metadata"]["name"] == name
+
+
+def test_list_describe_suspend_resume_delete(cluster: Cluster, namespace: str) -> None:
+    assert ftctl(cluster, namespace, *flags("one", "--gpus", "16")).exit_code == 0
+    assert ftctl(cluster, namespace, *flags("two", "--gpus", "8")).exit_code == 0
+    # Progress as the operator would write it, through the status subresource.
+    body: dict[str, Any] = {
+        "status": {
+            "phase": "Running",
+            "attempt": 1,
+            "restartCount": 0,
+            "progress": {"step": 120, "totalSteps": 1377, "loss": 0.4321, "etaSeconds": 600},
+            "conditions": [
+                {
+                    "type": "Running",
+                    "status": "True",
+                    "reason": "AllPodsRunning",
+                    "message": "attempt 1: all 2 pods are running",
+                    "lastTransitionTime": "2026-11-22T00:00:00Z",
+                }
+            ],
+        }
+    }
+    cluster.custom.patch_namespaced_custom_object_status(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, "one", body
+    )
+    table = ftctl(cluster, namespace, "list").output.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "NODESxGPUS", "STEP", "LOSS", "AGE"]
+    assert table[1].split()[:5] == ["one", "Running", "2x8", "120/1377", "0.4321"]
+    assert table[2].split()[:5] == ["two", "Pending", "1x8", "-", "-"]
+    wide = ftctl(cluster, namespace, "list", "-o", "wide").output.splitlines()
+    assert wide[1].split()[6:] == ["0", "10m00s", MODEL]
+    everywhere = ftctl(cluster, namespace, "list", "-A").output
+    assert namespace in everywhere
+    names = ftctl(cluster, namespace, "list", "-o", "name").output.split()
+    assert names == ["finetunejob.finetune.dev/one", "finetunejob.finetune.dev/two"]
+    as_json = yaml.safe_load(ftctl(cluster, namespace, "list", "-o", "json").output)
+    assert [j["metadata"]["name"] for j in as_json["items"]] == ["one", "two"]
+
+    described = ftctl(cluster, namespace, "describe", "one").output
+    assert "Resources:    2 nodes x 8 nvidia.com/gpu" in described
+    assert "Progress:     step 120/1377" in described
+    assert "AllPodsRunning" in described
+
+    assert (
+        ftctl(cluster, namespace, "suspend", "one").output
+        == "finetunejob.finetune.dev/one suspended\n"
+    )
+    assert cluster.get_job(namespace, "one")["spec"]["suspend"] is True
+    assert ftctl(cluster, namespace, "resume", "one").exit_code == 0
+    assert cluster.get_job(namespace, "one")["spec"]["suspend"] is False
+    assert ftctl(cluster, namespace, "delete", "one", "two").exit_code == 0
+    assert (
+        ftctl(cluster, namespace, "list").output == f"No FineTuneJobs in namespace {namespace}.\n"
+    )
+
+
+def test_errors_are_one_or_two_lines(cluster: Cluster, namespace: str, tmp_path: Any) -> None:
+    missing = ftctl(cluster, namespace, "describe", "nope")
+    assert missing.exit_code == 1
+    assert missing.output == f'Error: FineTuneJob "nope" not found in namespace {namespace}\n'
+
+    # The CRD's CEL rule, reported by the server with the field and the rule's message.
+    rejected = ftctl(cluster, namespace, *flags("neg", "--gpus", "8", "--lr", "-1"))
+    assert rejected.exit_code == 1
+    assert "spec.training.learningRate must be greater than 0" in rejected.output
+    assert len(rejected.output.strip().splitlines()) == 1
+
+    conflict = ftctl(cluster, namespace, *flags("twice", "--gpus", "8"))
+    assert conflict.exit_code == 0
+    again = ftctl(cluster, namespace, *flags("twice", "--gpus", "8"))
+    assert again.exit_code == 1
+    assert "already exists" in again.output
+
+    from controlplane import free_port, kubeconfig
+
+    dead = tmp_path / "dead.kubeconfig"
+    ca = cluster.plane.workdir / "pki" / "ca.crt"
+    dead.write_text(yaml.safe_dump(kubeconfig(f"https://127.0.0.1:{free_port()}", ca, "x", "u")))
+    result = CliRunner().invoke(cli, ["list", "--kubeconfig", str(dead)], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: no cluster reachable at https://127.0.0.1:")
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_cluster_without_the_crd_is_named_as_such(cluster: Cluster, namespace: str) -> None:
+    from controlplane import wait_for
+
+    cluster.kubectl("delete", "-f", str(CRD_FILE), "--wait=true")
+    try:
+
+        def crd_gone() -> bool:
+            return ftctl(cluster, namespace, "list").exit_code == 1
+
+        wait_for(crd_gone, 60, "the CRD to be gone")
+        result = ftctl(cluster, namespace, "list")
+        assert "the FineTuneJob CRD is not installed" in result.output
+        assert "kubectl apply --server-side -f manifests/crd/" in result.output
+    finally:
+        cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+
+        def established() -> bool:
+            return ftctl(cluster, namespace, "list").exit_code == 0
+
+        wait_for(established, 60, "the CRD to be back")
