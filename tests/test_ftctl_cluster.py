@@ -200,3 +200,94 @@ def test_a_cluster_without_the_crd_is_named_as_such(cluster: Cluster, namespace:
             return ftctl(cluster, namespace, "list").exit_code == 0
 
         wait_for(established, 60, "the CRD to be back")
+
+
+def test_watch_shows_a_live_view_in_a_terminal(cluster: Cluster, namespace: str) -> None:
+    """`ftctl watch` in a pseudo-terminal while the job's status moves, until it succeeds."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    from controlplane import wait_for
+
+    assert ftctl(cluster, namespace, *flags("live", "--gpus", "16")).exit_code == 0
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "ftctl"),
+            "watch",
+            "live",
+            "--interval",
+            "0.2",
+            "--kubeconfig",
+            str(cluster.plane.kubeconfig_path),
+            "-n",
+            namespace,
+        ],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        close_fds=True,
+    )
+    os.close(secondary)
+    screen = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            screen.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def status(body: dict[str, Any]) -> None:
+        cluster.custom.patch_namespaced_custom_object_status(
+            c.GROUP, c.VERSION, namespace, c.PLURAL, "live", {"status": body}
+        )
+
+    def shown(text: str) -> bool:
+        return text in screen.decode(errors="replace")
+
+    try:
+        wait_for(lambda: shown("waiting for the trainer"), 30, "the first frame")
+        for step, loss in ((100, 0.9), (200, 0.6), (300, 0.45), (400, 0.3)):
+            status(
+                {
+                    "phase": "Running",
+                    "attempt": 1,
+                    "progress": {
+                        "step": step,
+                        "totalSteps": 1000,
+                        "epoch": step / 500,
+                        "loss": loss,
+                        "learningRate": 4e-5,
+                        "samplesPerSecond": 51.5,
+                        "etaSeconds": 1000 - step,
+                        "evalMetrics": {"accuracy": 0.8, "f1": 0.86},
+                    },
+                }
+            )
+            wait_for(lambda s=step: shown(f"step {s}/1000"), 30, f"step {step} on screen")
+        status({"phase": "Succeeded", "progress": {"step": 1000, "totalSteps": 1000, "loss": 0.2}})
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(timeout=5)
+        os.close(primary)
+    text = screen.decode(errors="replace")
+    assert "\x1b[H\x1b[J" in text  # redrawn in place on a terminal
+    assert "[████████████░░░░░░░░░░░░░░░░░░]  40%  step 400/1000  epoch 0.80  ETA 10m00s" in text
+    assert "loss 0.3000" in text
+    assert "▁" in text  # the loss sparkline
+    assert "█" in text
+    assert "eval: accuracy 0.8000  f1 0.8600" in text
+    assert "live  Succeeded" in text

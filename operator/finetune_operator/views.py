@@ -105,3 +105,72 @@ def describe(job: dict[str, Any], events: list[Any]) -> str:
         stamp = when.isoformat() if when else ""
         lines.append(f"  {stamp:<26} {ev.type:<8} {ev.reason:<22} {ev.message}")
     return "\n".join(lines)
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+FINISHED = ("Succeeded", "Failed")
+
+
+def sparkline(values: list[float], width: int = 40) -> str:
+    values = values[-width:]
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    return "".join(
+        SPARKS[min(len(SPARKS) - 1, int((v - low) / span * len(SPARKS)))] for v in values
+    )
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def live(job: dict[str, Any], losses: list[float], width: int = 30) -> str:
+    """One frame of `ftctl watch`."""
+    meta, spec, status = job["metadata"], job.get("spec", {}), job.get("status") or {}
+    res = spec.get("resources", {})
+    phase = status.get("phase", "Pending")
+    lines = [
+        f"{meta['name']}  {phase}  attempt {status.get('attempt', 1)}  "
+        f"{res.get('nodes', 1)}x{res.get('gpusPerNode', 1)} GPUs  "
+        f"restarts {status.get('restartCount', 0)}"
+    ]
+    p = status.get("progress") or {}
+    step, total = p.get("step") or 0, p.get("totalSteps") or 0
+    if total:
+        done = min(1.0, step / total)
+        filled = int(done * width)
+        eta = p.get("etaSeconds")
+        lines.append(
+            f"[{'█' * filled}{'░' * (width - filled)}] {done:4.0%}  step {step}/{total}"
+            f"  epoch {p.get('epoch', 0):.2f}"
+            + (f"  ETA {duration(eta)}" if isinstance(eta, int) and phase not in FINISHED else "")
+        )
+        loss = p.get("loss")
+        lr = p.get("learningRate")
+        speed = p.get("samplesPerSecond")
+        lines.append(
+            (f"loss {loss:.4f}  " if isinstance(loss, int | float) else "")
+            + (f"{sparkline(losses)}  " if losses else "")
+            + (f"lr {lr:.2e}  " if isinstance(lr, int | float) else "")
+            + (f"{speed:.1f} samples/s" if isinstance(speed, int | float) else "")
+        )
+        evals = p.get("evalMetrics") or {}
+        if evals:
+            lines.append("eval: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(evals.items())))
+    else:
+        lines.append("waiting for the trainer to report progress")
+    last = status.get("lastCheckpoint")
+    if last:
+        lines.append(f"checkpoint: step {last['step']} at {last['uri']}")
+    for cond in status.get("conditions") or []:
+        if cond["status"] == "True" or cond["type"] == "Running":
+            lines.append(
+                f"{cond['type']}={cond['status']} ({cond.get('reason', '')}): "
+                f"{cond.get('message', '')}"
+            )
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ from .run import run
 from .submit import submit
 from .suspend import resume, suspend
 from .version import version
+from .watch import watch
 
 
 @click.group(
@@ -23,7 +24,7 @@ def cli() -> None:
     """
 
 
-for command in (submit, list_, describe, suspend, resume, delete, run, version):
+for command in (submit, list_, describe, watch, suspend, resume, delete, run, version):
     cli.add_command(command)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import yaml
 from .. import jobfile
 from ..client import Jobs
 from .common import cluster_options
+from .watch import follow
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -59,6 +61,9 @@ def _csv(value: str | None) -> list[str] | None:
 @click.option("--s3-secret", help="Secret with the S3 keys (spec.s3.credentialsSecret.name).")
 @click.option("--image", help="Trainer image.")
 @click.option("--dry-run", is_flag=True, help="Print the job as it would be created, and stop.")
+@click.option(
+    "--watch", "follow_job", is_flag=True, help="Then show it live until it ends (ftctl watch)."
+)
 @cluster_options
 def submit(
     jobs: Jobs,
@@ -68,6 +73,7 @@ def submit(
     gpus_per_node: int,
     nodes: int | None,
     dry_run: bool,
+    follow_job: bool,
     **flags: Any,
 ) -> None:
     """Create a FineTuneJob: `ftctl submit --gpus 8 --model hf://bert-base-uncased ...`."""
@@ -111,3 +117,5 @@ def submit(
     created = jobs.create(body)
     name = created["metadata"]["name"]
     click.echo(f"finetunejob.finetune.dev/{name} created in {jobs.cluster.namespace}")
+    if follow_job and follow(jobs, name, 2.0, sys.stdout.isatty()) == "Failed":
+        raise click.ClickException(f"{name} failed")

@@ -1,0 +1,53 @@
+"""`ftctl watch NAME`: a live view of a job until it ends."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from .. import views
+from ..client import Jobs
+from .common import cluster_options
+
+CLEAR = "\x1b[H\x1b[J"
+
+
+def follow(jobs: Jobs, name: str, interval: float, tty: bool) -> str:
+    """Show the job until it succeeds or fails; its final phase."""
+    losses: list[float] = []
+    last_step = None
+    shown = ""
+    while True:
+        job = jobs.get(name)
+        progress = (job.get("status") or {}).get("progress") or {}
+        if progress.get("step") != last_step and isinstance(progress.get("loss"), int | float):
+            losses.append(float(progress["loss"]))
+            last_step = progress.get("step")
+        frame = views.live(job, losses)
+        if frame != shown:
+            click.echo(CLEAR + frame if tty else frame + "\n")
+            shown = frame
+        phase = str((job.get("status") or {}).get("phase", "Pending"))
+        if phase in views.FINISHED:
+            return phase
+        time.sleep(interval)  # the refresh period of the view
+
+
+@click.command()
+@click.argument("name")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
+@cluster_options
+def watch(jobs: Jobs, name: str, interval: float) -> None:
+    """Follow a job live: progress bar with ETA, loss and its sparkline, eval metrics and
+    conditions, until it succeeds (exit 0) or fails (exit 1)."""
+    phase = follow(jobs, name, interval, sys.stdout.isatty())
+    if phase == "Failed":
+        raise click.ClickException(f"{name} failed")
