@@ -291,3 +291,71 @@ def test_watch_shows_a_live_view_in_a_terminal(cluster: Cluster, namespace: str)
     assert "█" in text
     assert "eval: accuracy 0.8000  f1 0.8600" in text
     assert "live  Succeeded" in text
+
+
+def test_checkpoints_lists_what_was_committed_in_s3(
+    cluster: Cluster, namespace: str, s3: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetune_operator.api.types import S3Spec
+    from finetune_trainer.checkpoint import CheckpointStore
+    from trainer_support import ensure_bucket
+
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    ensure_bucket(s3.client(), "ckpt")
+    prefix = f"s3://ckpt/{namespace}"
+    doc = yaml.safe_load(
+        ftctl(cluster, namespace, *flags("saved", "--gpus", "8"), "--dry-run").output
+    )
+    doc["spec"]["checkpoints"]["uri"] = prefix
+    doc["spec"]["s3"] = {"endpoint": s3.endpoint, "forcePathStyle": True, "region": "us-east-1"}
+    cluster.create_job(namespace, doc)
+
+    store = CheckpointStore(prefix, S3Spec(endpoint=s3.endpoint, force_path_style=True))
+    for step in (100, 200):
+        snap = tmp_path / f"snap-{step}"
+        snap.mkdir()
+        (snap / "model.safetensors").write_bytes(b"x" * 3000)
+        (snap / "trainer_state.json").write_text("{}")
+        store.commit(snap, step, {"accuracy": step / 1000})
+    # A checkpoint whose upload never finished (no manifest) does not exist.
+    s3.client().put_object(
+        Bucket="ckpt", Key=f"{namespace}/step-000000300/model.safetensors", Body=b"y"
+    )
+
+    result = ftctl(cluster, namespace, "checkpoints", "saved")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].split() == ["STEP", "SIZE", "CREATED", "METRICS", "URI"]
+    assert [line.split()[0] for line in lines[1:]] == ["100", "200"]
+    assert "accuracy=0.2000" in lines[2]
+    assert f"{prefix}/step-000000200" in lines[2]
+    assert "2.9 KiB" in lines[1]
+
+
+def test_logs_errors_and_options_from_the_environment(cluster: Cluster, namespace: str) -> None:
+    # FTCTL_<COMMAND>_<OPTION> works for every option, here --gpus.
+    result = CliRunner().invoke(
+        cli,
+        [*flags("envjob"), "--kubeconfig", str(cluster.plane.kubeconfig_path), "-n", namespace],
+        env={"FTCTL_SUBMIT_GPUS": "16"},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert cluster.get_job(namespace, "envjob")["spec"]["resources"]["nodes"] == 2
+
+    # No pod yet (no operator runs here): one line saying which pod is missing.
+    missing = ftctl(cluster, namespace, "logs", "envjob")
+    assert missing.exit_code == 1
+    assert missing.output == (
+        f'Error: the log of pod "envjob-node-0" not found in namespace {namespace}\n'
+    )
+    out_of_range = ftctl(cluster, namespace, "logs", "envjob", "--node", "2")
+    assert out_of_range.exit_code == 2
+    assert "envjob has 2 nodes (0..1)" in out_of_range.output
+
+
+def test_shell_completion_script() -> None:
+    result = CliRunner().invoke(cli, ["completion", "bash"])
+    assert result.exit_code == 0
+    assert "_FTCTL_COMPLETE=bash_complete" in result.output

@@ -4,14 +4,32 @@ from __future__ import annotations
 
 import click
 
+from .checkpoints import checkpoints
+from .completion import completion
 from .delete import delete
 from .describe import describe
 from .list import list_
+from .logs import logs
 from .run import run
 from .submit import submit
 from .suspend import resume, suspend
 from .version import version
 from .watch import watch
+
+COMMANDS = (
+    submit,
+    list_,
+    describe,
+    watch,
+    logs,
+    checkpoints,
+    suspend,
+    resume,
+    delete,
+    run,
+    version,
+    completion,
+)
 
 
 @click.group(
@@ -20,11 +38,11 @@ from .watch import watch
 def cli() -> None:
     """Fine-tune Hugging Face models with FineTuneJobs, on Kubernetes or on this machine.
 
-    Every option can also be set as FTCTL_<COMMAND>_<OPTION>, e.g. FTCTL_RUN_PROCS=2.
+    Every option can also be set as FTCTL_<COMMAND>_<OPTION>, e.g. FTCTL_SUBMIT_GPUS=16.
     """
 
 
-for command in (submit, list_, describe, watch, suspend, resume, delete, run, version):
+for command in COMMANDS:
     cli.add_command(command)
 
 

@@ -1,0 +1,56 @@
+"""`ftctl checkpoints NAME`: the job's committed checkpoints, read from its storage."""
+
+from __future__ import annotations
+
+import click
+
+from ..client import Jobs
+from .common import cluster_options
+
+
+@click.command()
+@click.argument("name")
+@cluster_options
+def checkpoints(jobs: Jobs, name: str) -> None:
+    """List a job's committed checkpoints (step, size, time, metrics).
+
+    Reads spec.checkpoints.uri with the job's S3 endpoint settings and this
+    machine's credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an AWS
+    profile), as the aws CLI would. Only checkpoints whose manifest was written
+    are listed: an upload cut short never counts.
+    """
+    from ..api.types import FineTuneJobSpec
+
+    try:
+        from finetune_trainer.checkpoint import CheckpointStore
+        from finetune_trainer.errors import PermanentError, RetryableError
+    except ImportError:
+        raise click.ClickException(
+            "reading checkpoints needs the trainer extra: pip install 'finetune-operator[trainer]'"
+        ) from None
+    spec = FineTuneJobSpec.model_validate(jobs.get(name)["spec"])
+    try:
+        committed = CheckpointStore(spec.checkpoints.uri, spec.s3).committed()
+    except (PermanentError, RetryableError) as e:
+        raise click.ClickException(f"cannot read {spec.checkpoints.uri}: {e}") from None
+    if not committed:
+        click.echo(f"No committed checkpoints under {spec.checkpoints.uri} yet.")
+        return
+    rows = [["STEP", "SIZE", "CREATED", "METRICS", "URI"]]
+    for ckpt in committed:
+        size = sum(int(f.get("size", 0)) for f in ckpt.manifest.get("files", {}).values())
+        metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(ckpt.metrics.items())) or "-"
+        created = str(ckpt.manifest.get("created", ""))[:19].replace("T", " ")
+        uri = f"{spec.checkpoints.uri.rstrip('/')}/{ckpt.folder}"
+        rows.append([str(ckpt.step), _size(size), created, metrics, uri])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
