@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner, Result
+from kubernetes.client.exceptions import ApiException
 
 from finetune_operator import constants as c
+from finetune_operator.client import connect, explain
 from finetune_operator.ftctl.main import cli
 
 from .conftest import CRD_FILE, Cluster
@@ -157,11 +159,23 @@ def test_errors_are_one_or_two_lines(cluster: Cluster, namespace: str, tmp_path:
     assert missing.exit_code == 1
     assert missing.output == f'Error: FineTuneJob "nope" not found in namespace {namespace}\n'
 
-    # The CRD's CEL rule, reported by the server with the field and the rule's message.
+    # The CRD's CEL rule, checked before sending, with the message the server gives.
     rejected = ftctl(cluster, namespace, *flags("neg", "--gpus", "8", "--lr", "-1"))
     assert rejected.exit_code == 1
-    assert "spec.training.learningRate must be greater than 0" in rejected.output
-    assert len(rejected.output.strip().splitlines()) == 1
+    message = "spec.training.learningRate must be greater than 0 and at most 1 (e.g. 5e-5)"
+    assert rejected.output == f"Error: the job: {message}\n"
+    body = yaml.safe_load(
+        ftctl(cluster, namespace, *flags("neg", "--gpus", "8"), "--dry-run").output
+    )
+    body["spec"]["training"]["learningRate"] = -1.0
+    with pytest.raises(ApiException) as server:
+        cluster.create_job(namespace, body)
+    assert message in (server.value.body or "")
+    # And what the server says is shown as one line naming the field.
+    shown = str(explain(server.value, connect(str(cluster.plane.kubeconfig_path), None, namespace)))
+    assert shown.startswith("the cluster rejected the job: spec.training.learningRate: ")
+    assert message in shown
+    assert "\n" not in shown
 
     conflict = ftctl(cluster, namespace, *flags("twice", "--gpus", "8"))
     assert conflict.exit_code == 0

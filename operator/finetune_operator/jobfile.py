@@ -19,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from . import constants as c
+from .api.cel import violations
 from .api.types import FineTuneJob
 from .api.validation import describe_validation_error
 
@@ -135,10 +136,15 @@ def compose(base: dict[str, Any] | None, overrides: dict[str, Any]) -> dict[str,
 
 
 def validate(doc: dict[str, Any], source: str = "the job") -> FineTuneJob:
+    """The job, checked by the API models and then by the CRD's own CEL rules."""
     try:
-        return FineTuneJob.model_validate(doc)
+        job = FineTuneJob.model_validate(doc)
     except ValidationError as e:
         raise JobFileError(f"{source}: {describe_validation_error(e, '')}") from None
+    broken = violations(manifest(job))
+    if broken:
+        raise JobFileError(f"{source}: {'; '.join(broken)}")
+    return job
 
 
 def manifest(job: FineTuneJob, namespace: str | None = None) -> dict[str, Any]:
