@@ -373,3 +373,35 @@ def test_shell_completion_script() -> None:
     result = CliRunner().invoke(cli, ["completion", "bash"])
     assert result.exit_code == 0
     assert "_FTCTL_COMPLETE=bash_complete" in result.output
+
+
+def test_submit_wait_returns_when_the_job_ends(cluster: Cluster, namespace: str) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from controlplane import wait_for
+
+    args = [*flags("waited", "--gpus", "8"), "--wait"]
+    args += ["--kubeconfig", str(cluster.plane.kubeconfig_path), "-n", namespace]
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ftctl"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def exists() -> bool:
+        return bool(ftctl(cluster, namespace, "list", "-o", "name").output)
+
+    wait_for(exists, 30, "the job to be created")
+    assert proc.poll() is None  # still waiting
+    cluster.custom.patch_namespaced_custom_object_status(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, "waited", {"status": {"phase": "Failed"}}
+    )
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert out.splitlines()[-2:] == [
+        "finetunejob.finetune.dev/waited failed",
+        "Error: waited failed; see: ftctl describe waited",
+    ]

@@ -13,7 +13,7 @@ import yaml
 from .. import jobfile
 from ..client import Jobs
 from .common import cluster_options
-from .watch import follow
+from .watch import follow, wait_for_end
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -64,6 +64,7 @@ def _csv(value: str | None) -> list[str] | None:
 @click.option(
     "--watch", "follow_job", is_flag=True, help="Then show it live until it ends (ftctl watch)."
 )
+@click.option("--wait", is_flag=True, help="Then wait until it ends; exit 1 if it failed.")
 @cluster_options
 def submit(
     jobs: Jobs,
@@ -74,6 +75,7 @@ def submit(
     nodes: int | None,
     dry_run: bool,
     follow_job: bool,
+    wait: bool,
     **flags: Any,
 ) -> None:
     """Create a FineTuneJob: `ftctl submit --gpus 8 --model hf://bert-base-uncased ...`."""
@@ -119,3 +121,8 @@ def submit(
     click.echo(f"finetunejob.finetune.dev/{name} created in {jobs.cluster.namespace}")
     if follow_job and follow(jobs, name, 2.0, sys.stdout.isatty()) == "Failed":
         raise click.ClickException(f"{name} failed")
+    if wait and not follow_job:
+        phase = wait_for_end(jobs, name, 2.0)
+        click.echo(f"finetunejob.finetune.dev/{name} {phase.lower()}")
+        if phase == "Failed":
+            raise click.ClickException(f"{name} failed; see: ftctl describe {name}")

@@ -35,6 +35,15 @@ def follow(jobs: Jobs, name: str, interval: float, tty: bool) -> str:
         time.sleep(interval)  # the refresh period of the view
 
 
+def wait_for_end(jobs: Jobs, name: str, interval: float) -> str:
+    """Poll quietly until the job succeeds or fails; its final phase."""
+    while True:
+        phase = str((jobs.get(name).get("status") or {}).get("phase", "Pending"))
+        if phase in views.FINISHED:
+            return phase
+        time.sleep(interval)  # the polling period
+
+
 @click.command()
 @click.argument("name")
 @click.option(
