@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -12,6 +13,18 @@ from ..client import ClientError, Cluster, Jobs, connect
 from ..jobfile import JobFileError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def job_file_option(required: bool, help_text: str) -> Callable[[F], F]:
+    """-f/--filename: a FineTuneJob YAML, passed to the command as `path`."""
+    return click.option(
+        "-f",
+        "--filename",
+        "path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        required=required,
+        help=help_text,
+    )
 
 
 def cluster_options(fn: F) -> F:

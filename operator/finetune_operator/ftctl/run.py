@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .. import jobfile, localrun
+from .common import job_file_option
 
 
 def _summary(job: jobfile.LoadedJob) -> str | None:
@@ -28,14 +29,7 @@ def _summary(job: jobfile.LoadedJob) -> str | None:
 
 
 @click.command()
-@click.option(
-    "-f",
-    "--filename",
-    "path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="The FineTuneJob YAML.",
-)
+@job_file_option(required=True, help_text="The FineTuneJob YAML.")
 @click.option("--local", is_flag=True, help="Run on this machine, without Kubernetes.")
 @click.option(
     "--procs",

@@ -12,7 +12,7 @@ import yaml
 
 from .. import jobfile
 from ..client import Jobs
-from .common import cluster_options
+from .common import cluster_options, job_file_option
 from .watch import follow, wait_for_end
 
 
@@ -21,13 +21,7 @@ def _csv(value: str | None) -> list[str] | None:
 
 
 @click.command()
-@click.option(
-    "-f",
-    "--filename",
-    "path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="A FineTuneJob YAML; flags override its fields.",
-)
+@job_file_option(required=False, help_text="A FineTuneJob YAML; flags override its fields.")
 @click.option("--name", help="Job name (default: from the model, plus a random suffix).")
 @click.option("--model", help="Model URI: hf://ORG/NAME, s3://BUCKET/PREFIX, file:///PATH.")
 @click.option("--num-labels", type=int, help="Number of classes.")
