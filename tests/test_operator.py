@@ -543,3 +543,71 @@ def test_the_shipped_cluster_role_is_enough_and_no_more(
     finally:
         rbac.delete_cluster_role_binding(role_name)
         rbac.delete_cluster_role(role_name)
+
+
+PODGROUP_CRD = {
+    # The shape of scheduler-plugins' PodGroup API, enough for the apiserver to store them
+    # (the coscheduling scheduler itself does not run here).
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podgroups.scheduling.x-k8s.io"},
+    "spec": {
+        "group": "scheduling.x-k8s.io",
+        "names": {"kind": "PodGroup", "plural": "podgroups", "singular": "podgroup"},
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1alpha1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def test_with_a_gang_scheduler_the_operator_creates_the_podgroup(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    ext = client.ApiextensionsV1Api(cluster.api)
+    try:
+        ext.create_custom_resource_definition(PODGROUP_CRD)
+    except client.ApiException as e:
+        if e.status != 409:
+            raise
+    poll(
+        lambda: any(
+            x.type == "Established" and x.status == "True"
+            for x in ext.read_custom_resource_definition(
+                PODGROUP_CRD["metadata"]["name"]
+            ).status.conditions
+            or []
+        ),
+        60,
+        "the PodGroup CRD",
+    )
+    ns = namespace
+    op = OperatorProcess(
+        cluster.plane.kubeconfig_path,
+        ns,
+        tmp_path / "operator.log",
+        free_port(),
+        extra=("--gang-scheduler", "coscheduling"),
+    ).start()
+    try:
+        cluster.create_job(ns, job_body("gang", nodes=4, gpus=8))
+        pods = poll(lambda: len(p := pods_of(cluster, ns, "gang")) == 4 and p, 30, "4 pods")
+    finally:
+        op.stop()
+    group = cluster.custom.get_namespaced_custom_object(
+        "scheduling.x-k8s.io", "v1alpha1", ns, "podgroups", "gang"
+    )
+    assert group["spec"]["minMember"] == 4
+    assert group["metadata"]["ownerReferences"][0]["name"] == "gang"
+    assert {p.metadata.labels[c.COSCHEDULING_LABEL] for p in pods} == {"gang"}
