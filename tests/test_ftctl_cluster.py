@@ -405,3 +405,29 @@ def test_submit_wait_returns_when_the_job_ends(cluster: Cluster, namespace: str)
         "finetunejob.finetune.dev/waited failed",
         "Error: waited failed; see: ftctl describe waited",
     ]
+
+
+def test_namespace_and_context_come_from_the_kubeconfig_like_kubectl(
+    cluster: Cluster, namespace: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = yaml.safe_load(cluster.plane.kubeconfig_path.read_text())
+    base = config["contexts"][0]
+    config["contexts"] = [
+        {"name": "team", "context": {**base["context"], "namespace": namespace}},
+        {"name": "other", "context": {**base["context"], "namespace": "default"}},
+    ]
+    config["current-context"] = "team"
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    runner = CliRunner()
+    created = runner.invoke(cli, flags("ctx", "--gpus", "8"), catch_exceptions=False)
+    assert created.output == f"finetunejob.finetune.dev/ctx created in {namespace}\n"
+    assert runner.invoke(cli, ["list", "-o", "name"]).output == "finetunejob.finetune.dev/ctx\n"
+    other = runner.invoke(cli, ["--help"])  # the group itself needs no cluster
+    assert other.exit_code == 0
+    elsewhere = runner.invoke(cli, ["list", "--context", "other"])
+    assert elsewhere.output == "No FineTuneJobs in namespace default.\n"
+    unknown = runner.invoke(cli, ["list", "--context", "nope"])
+    assert unknown.exit_code == 1
+    assert unknown.output == 'Error: context "nope" not found in the kubeconfig\n'
