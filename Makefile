@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install generate check-generated lint format system-deps cluster-bin s3-bin \
+.PHONY: help install generate check-generated lint format system-deps cluster-bin s3-bin helm-bin \
         cluster-up cluster-down test test-slow bench-operator clean
 
 help:
@@ -59,13 +59,17 @@ cluster-bin:
 s3-bin:
 	bash tests/s3/build.sh
 
+# Builds Helm from its Go module (cached), for the chart tests.
+helm-bin:
+	bash tests/helm/build.sh
+
 cluster-up: $(STAMP) cluster-bin
 	$(BIN)/python tests/cluster/controlplane.py up
 
 cluster-down: $(STAMP)
 	$(BIN)/python tests/cluster/controlplane.py down
 
-test: $(STAMP) system-deps cluster-bin s3-bin lint check-generated
+test: $(STAMP) system-deps cluster-bin s3-bin helm-bin lint check-generated
 	$(BIN)/python -m pytest -m "not slow"
 
 test-slow: $(STAMP) system-deps cluster-bin s3-bin

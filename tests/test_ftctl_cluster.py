@@ -431,3 +431,23 @@ def test_namespace_and_context_come_from_the_kubeconfig_like_kubectl(
     unknown = runner.invoke(cli, ["list", "--context", "nope"])
     assert unknown.exit_code == 1
     assert unknown.output == 'Error: context "nope" not found in the kubeconfig\n'
+
+
+def test_unreachable_s3_is_one_line(
+    cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controlplane import free_port
+
+    monkeypatch.setenv("FT_S3_ATTEMPTS", "2")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    doc = yaml.safe_load(
+        ftctl(cluster, namespace, *flags("nos3", "--gpus", "8"), "--dry-run").output
+    )
+    doc["spec"]["s3"] = {"endpoint": f"http://127.0.0.1:{free_port()}", "forcePathStyle": True}
+    cluster.create_job(namespace, doc)
+    result = ftctl(cluster, namespace, "checkpoints", "nos3")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cannot read s3://ckpt/nos3: S3 endpoint unreachable")
+    assert len(result.output.strip().splitlines()) == 1
+    assert "test-secret" not in result.output

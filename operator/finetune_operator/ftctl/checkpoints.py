@@ -30,7 +30,9 @@ def checkpoints(jobs: Jobs, name: str) -> None:
         ) from None
     spec = FineTuneJobSpec.model_validate(jobs.get(name)["spec"])
     try:
-        committed = CheckpointStore(spec.checkpoints.uri, spec.s3).committed()
+        store = CheckpointStore(spec.checkpoints.uri, spec.s3)
+        store.store.check()
+        committed = store.committed()
     except (PermanentError, RetryableError) as e:
         raise click.ClickException(f"cannot read {spec.checkpoints.uri}: {e}") from None
     if not committed:
