@@ -65,6 +65,13 @@ class LocalRun:
         return env
 
 
+def has_trainer_stack() -> bool:
+    """torch, transformers and accelerate are importable (the `trainer` extra)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("torch", "transformers", "accelerate"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

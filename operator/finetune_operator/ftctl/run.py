@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import click
@@ -76,6 +77,10 @@ def run(
     if not local:
         raise click.UsageError(
             "only --local is supported by `run`; use `kubectl apply -f` for a cluster"
+        )
+    if importlib.util.find_spec("finetune_trainer") is None or not localrun.has_trainer_stack():
+        raise click.ClickException(
+            "a local run needs the trainer: pip install 'finetune-operator[trainer]'"
         )
     try:
         loaded = jobfile.load(path, local=True)
