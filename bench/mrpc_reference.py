@@ -1,0 +1,107 @@
+"""The plain Hugging Face Trainer recipe on MRPC, for side-by-side comparison with
+bench/mrpc_seeds.py (`.venv/bin/python bench/mrpc_reference.py --seeds 42 1`).
+
+One process, all-MiniLM-L6-v2 from its offline package, batch 8, lr 5e-5, 3 epochs,
+dynamic padding, evaluation on dev after each epoch: the course's recipe, with the
+model's head initialised after set_seed so each seed is reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests" / "cluster"), str(ROOT / "tests")]
+
+from trainer_support import MRPC, minilm_dir  # noqa: E402
+
+
+def read(path: Path) -> dict[str, list[Any]]:
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    return {
+        "sentence1": [r["#1 String"] for r in rows],
+        "sentence2": [r["#2 String"] for r in rows],
+        "label": [int(r["Quality"]) for r in rows],
+    }
+
+
+def run(seed: int) -> list[tuple[float, float]]:
+    import numpy as np
+    from datasets import Dataset
+    from sklearn.metrics import accuracy_score, f1_score
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    model_dir = str(minilm_dir())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def tokenize(batch: dict[str, list[Any]]) -> Any:
+        return tokenizer(batch["sentence1"], batch["sentence2"], truncation=True)
+
+    train = Dataset.from_dict(read(MRPC / "train.tsv")).map(tokenize, batched=True)
+    dev = Dataset.from_dict(read(MRPC / "dev.tsv")).map(tokenize, batched=True)
+    set_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+
+    def metrics(pred: Any) -> dict[str, float]:
+        guess = np.argmax(pred.predictions, axis=-1)
+        return {
+            "accuracy": float(accuracy_score(pred.label_ids, guess)),
+            "f1": float(f1_score(pred.label_ids, guess)),
+        }
+
+    scores: list[tuple[float, float]] = []
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            out,
+            eval_strategy="epoch",
+            save_strategy="no",
+            per_device_train_batch_size=8,
+            learning_rate=5e-5,
+            num_train_epochs=3,
+            seed=seed,
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+            logging_steps=100,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=dev,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=metrics,
+        )
+        trainer.train()
+        for entry in trainer.state.log_history:
+            if "eval_accuracy" in entry:
+                scores.append((entry["eval_accuracy"], entry["eval_f1"]))
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    args = parser.parse_args()
+    print("| seed | epoch 1 acc / F1 | epoch 2 acc / F1 | epoch 3 acc / F1 |")
+    print("| ---: | --- | --- | --- |")
+    for seed in args.seeds:
+        cells = " | ".join(f"{a:.4f} / {f:.4f}" for a, f in run(seed))
+        print(f"| {seed} | {cells} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
