@@ -47,6 +47,7 @@ from .storage import ObjectInfo, Store, iter_lines, resolve_files
 
 BLOCK = 512
 SLOTS = 8
+READ_CHUNK = 64 * 1024
 MIN_SHARD_BYTES = 16 * 1024
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
@@ -346,7 +347,9 @@ class Source:
         read_from = begin - 1 if skip_partial else begin
         with self.store.read_range(unit.key, read_from, None) as stream:
             offset = read_from
-            lines = iter_lines(stream)
+            # Small reads: a block is often far smaller than a megabyte, and a block load
+            # stops reading (and closes its ranged GET) as soon as it has its records.
+            lines = iter_lines(stream, chunk=READ_CHUNK)
             if skip_partial:
                 # The line running across our start belongs to the previous unit.
                 offset += len(next(lines, b""))
