@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controlplane import free_port
+from controlplane import free_port, wait_for
 from kubernetes import client
 
 from finetune_operator import constants as c
 
 from .conftest import Cluster
-from .operator_support import Kubelet, OperatorProcess, gpu_nodes, poll
+from .operator_support import Kubelet, OperatorProcess, gpu_nodes
 
 
 def job_body(name: str, nodes: int = 2, gpus: int = 8, **extra: Any) -> dict[str, Any]:
@@ -70,7 +70,7 @@ def cond(st: dict[str, Any], type_: str) -> dict[str, Any]:
 def wait_phase(
     cluster: Cluster, ns: str, name: str, phase: str, timeout: float = 30
 ) -> dict[str, Any]:
-    return poll(
+    return wait_for(
         lambda: (st := status(cluster, ns, name)).get("phase") == phase and st,
         timeout,
         f"{name} to be {phase}",
@@ -88,7 +88,7 @@ def scheduled_pods(
         ]
         return pods if len(pods) == count else []
 
-    return poll(ready, 30, f"{count} scheduled pods of attempt {attempt}")
+    return wait_for(ready, 30, f"{count} scheduled pods of attempt {attempt}")
 
 
 def run_all(kubelet: Kubelet, pods: list[Any]) -> None:
@@ -137,7 +137,7 @@ def test_a_job_becomes_a_service_and_a_gang_of_pods_then_runs(
     assert cond(st, "Running")["status"] == "True"
     assert st["attempt"] == 1
     assert st["observedGeneration"] == job["metadata"]["generation"]
-    poll(
+    wait_for(
         lambda: {"PodsCreated", "AllPodsRunning"} <= set(events_of(cluster, ns, "bert")),
         20,
         "an event for each transition",
@@ -183,7 +183,7 @@ def test_the_permanent_error_code_fails_at_once_and_backoff_limit_is_kept(
     assert st["restartCount"] == 0
     assert "completionTime" in st
     # No new attempt; the rest of the gang is stopped; the failed pod stays for `logs`.
-    poll(
+    wait_for(
         lambda: (
             [p.metadata.name for p in pods_of(cluster, ns, "bad-column")] == ["bad-column-node-0"]
         ),
@@ -200,7 +200,7 @@ def test_the_permanent_error_code_fails_at_once_and_backoff_limit_is_kept(
     assert cond(st, "Failed")["reason"] == "BackoffLimitExceeded"
     assert "backoffLimit 1" in cond(st, "Failed")["message"]
     assert st["restartCount"] == 1
-    poll(
+    wait_for(
         lambda: "BackoffLimitExceeded" in events_of(cluster, ns, "flaky"),
         20,
         "the BackoffLimitExceeded event",
@@ -214,8 +214,8 @@ def test_deleting_a_job_collects_its_objects_and_the_ttl_deletes_finished_jobs(
     cluster.create_job(ns, job_body("doomed"))
     scheduled_pods(cluster, ns, "doomed", 2)
     cluster.custom.delete_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.PLURAL, "doomed")
-    poll(lambda: not pods_of(cluster, ns, "doomed"), 60, "the pods to be garbage-collected")
-    poll(
+    wait_for(lambda: not pods_of(cluster, ns, "doomed"), 60, "the pods to be garbage-collected")
+    wait_for(
         lambda: not cluster.core.list_namespaced_service(ns).items,
         60,
         "the Service to be garbage-collected",
@@ -234,8 +234,8 @@ def test_deleting_a_job_collects_its_objects_and_the_ttl_deletes_finished_jobs(
             return e.status == 404
         return False
 
-    poll(gone, 30, "the TTL to delete the finished job")
-    poll(lambda: not pods_of(cluster, ns, "quick"), 60, "its pod to be collected")
+    wait_for(gone, 30, "the TTL to delete the finished job")
+    wait_for(lambda: not pods_of(cluster, ns, "quick"), 60, "its pod to be collected")
 
 
 def test_suspend_removes_the_pods_and_resume_brings_them_back(
@@ -251,7 +251,7 @@ def test_suspend_removes_the_pods_and_resume_brings_them_back(
     )
     st = wait_phase(cluster, ns, "pausable", "Suspended")
     assert cond(st, "Suspended")["status"] == "True"
-    poll(lambda: not pods_of(cluster, ns, "pausable"), 30, "the pods to be removed")
+    wait_for(lambda: not pods_of(cluster, ns, "pausable"), 30, "the pods to be removed")
     assert cluster.get_job(ns, "pausable")["spec"]["suspend"] is True
 
     patch = {"spec": {"suspend": False}}
@@ -269,7 +269,7 @@ def test_more_gpus_than_any_node_has_is_reported_unschedulable(
 ) -> None:
     ns = world["ns"]
     cluster.create_job(ns, job_body("huge", nodes=1, gpus=16))
-    st = poll(
+    st = wait_for(
         lambda: (
             cond(s := status(cluster, ns, "huge"), "Unschedulable").get("status") == "True" and s
         ),
@@ -279,7 +279,7 @@ def test_more_gpus_than_any_node_has_is_reported_unschedulable(
     message = cond(st, "Unschedulable")["message"]
     assert "huge-node-0" in message
     assert "Insufficient nvidia.com/gpu" in message
-    poll(lambda: "Unschedulable" in events_of(cluster, ns, "huge"), 20, "a warning event")
+    wait_for(lambda: "Unschedulable" in events_of(cluster, ns, "huge"), 20, "a warning event")
 
 
 def test_a_missing_secret_or_image_is_a_condition_with_the_kubelets_reason(
@@ -291,7 +291,7 @@ def test_a_missing_secret_or_image_is_a_condition_with_the_kubelets_reason(
     kubelet.waiting(
         pod.metadata.name, "CreateContainerConfigError", 'secret "s3-credentials" not found'
     )
-    st = poll(
+    st = wait_for(
         lambda: (
             cond(s := status(cluster, ns, "nosecret"), "Running").get("reason")
             == "ContainerConfigError"
@@ -350,7 +350,7 @@ def test_progress_is_read_from_rank0_and_a_spec_edit_during_status_writes_is_kep
                     fresh["metadata"].setdefault("labels", {})["edit"] = str(limit)
                     body = fresh
         first = status(cluster, ns, "live")["progress"]["step"]
-        poll(
+        wait_for(
             lambda: status(cluster, ns, "live").get("progress", {}).get("step", 0) > first,
             20,
             "progress to keep moving",
@@ -361,7 +361,7 @@ def test_progress_is_read_from_rank0_and_a_spec_edit_during_status_writes_is_kep
     job = cluster.get_job(ns, "live")
     assert job["spec"]["runPolicy"]["backoffLimit"] == 20
     assert job["metadata"]["labels"]["edit"] == "20"
-    progress = poll(
+    progress = wait_for(
         lambda: (
             (p := status(cluster, ns, "live").get("progress", {})).get("step")
             == int(metrics.global_step._value.get())
@@ -372,7 +372,7 @@ def test_progress_is_read_from_rank0_and_a_spec_edit_during_status_writes_is_kep
     )
     assert progress["totalSteps"] == 1000
     assert progress["loss"] == pytest.approx(1.0 / progress["step"], rel=1e-4)
-    poll(
+    wait_for(
         lambda: (
             status(cluster, ns, "live").get("observedGeneration")
             == cluster.get_job(ns, "live")["metadata"]["generation"]
@@ -390,7 +390,7 @@ def test_operator_metrics_and_health(cluster: Cluster, world: dict[str, Any]) ->
         "finetune_operator_pods_created_total 1.0",
         'finetune_operator_jobs{phase="Created"} 1.0',
     )
-    _, text = poll(
+    _, text = wait_for(
         lambda: (r := op.get("/metrics"))[0] == 200 and all(w in r[1] for w in wanted) and r,
         20,
         "the operator's metrics",
@@ -454,7 +454,7 @@ def test_killing_the_operator_at_20_random_points_leaves_exactly_the_expected_po
                         return False
                 return True
 
-            poll(settled, 90, "every job to run exactly its pods of its current attempt")
+            wait_for(settled, 90, "every job to run exactly its pods of its current attempt")
         finally:
             op.stop()
             kubelet.stop()
@@ -529,7 +529,7 @@ def test_the_shipped_cluster_role_is_enough_and_no_more(
                 cluster.create_job(ns, job_body("least"))
                 run_all(kubelet, scheduled_pods(cluster, ns, "least", 2))
                 wait_phase(cluster, ns, "least", "Running")
-                poll(
+                wait_for(
                     lambda: "AllPodsRunning" in events_of(cluster, ns, "least"),
                     20,
                     "the operator's events",
@@ -581,7 +581,7 @@ def test_with_a_gang_scheduler_the_operator_creates_the_podgroup(
     except client.ApiException as e:
         if e.status != 409:
             raise
-    poll(
+    wait_for(
         lambda: any(
             x.type == "Established" and x.status == "True"
             for x in ext.read_custom_resource_definition(
@@ -602,7 +602,7 @@ def test_with_a_gang_scheduler_the_operator_creates_the_podgroup(
     ).start()
     try:
         cluster.create_job(ns, job_body("gang", nodes=4, gpus=8))
-        pods = poll(lambda: len(p := pods_of(cluster, ns, "gang")) == 4 and p, 30, "4 pods")
+        pods = wait_for(lambda: len(p := pods_of(cluster, ns, "gang")) == 4 and p, 30, "4 pods")
     finally:
         op.stop()
     group = cluster.custom.get_namespaced_custom_object(

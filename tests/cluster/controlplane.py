@@ -28,6 +28,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
@@ -39,13 +40,20 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 PIDS_FILE = "pids.json"
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.2) -> None:
-    """Poll `predicate` until it is true; raise TimeoutError naming `what`."""
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, every: float = 0.2) -> T:
+    """Poll `predicate` until it returns something true, and return that; raise
+    TimeoutError naming `what`. A probe that raises means "not yet", except for a
+    failed assertion, which is the test's own verdict."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if predicate():
-                return
+            if result := predicate():
+                return result
+        except AssertionError:
+            raise
         except Exception:  # noqa: S110 - a failing probe means "not yet"
             pass
         if time.monotonic() > deadline:
