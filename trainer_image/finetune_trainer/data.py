@@ -8,8 +8,9 @@ example belongs to exactly one rank and the ranks stay balanced. A rank keeps
 SLOTS of its units open at once and draws each example from one of them,
 chosen by a seeded hash of the draw number, so a batch mixes examples from
 far-apart parts of the data. Each open unit is read in blocks of BLOCK
-records (one ranged read each), shuffled with a seed derived from (seed,
-epoch, unit, block start).
+records, shuffled with a seed derived from (seed, epoch, unit, block start).
+A block is one bounded ranged read sized from the unit's average record
+(another, twice as large, if that fell short), read to its end.
 
 The read position is the epoch, the next unit to open, the draw number and,
 for each open unit, its block start and the records taken from that block. A
@@ -28,12 +29,12 @@ Rows with an empty text are skipped, as the Hugging Face recipe filters them.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
 import itertools
 import json
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Generator, Iterator
@@ -43,11 +44,12 @@ from typing import Any
 from finetune_operator.api.types import DatasetSpec, FineTuneJobSpec
 
 from .errors import PermanentError
-from .storage import ObjectInfo, Store, iter_lines, resolve_files
+from .storage import ObjectInfo, Store, chunk_lines, resolve_files
 
 BLOCK = 512
 SLOTS = 8
-READ_CHUNK = 64 * 1024
+# Bytes asked for beyond an estimated end, for the line running across it.
+MARGIN = 4 * 1024
 MIN_SHARD_BYTES = 16 * 1024
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
@@ -273,8 +275,7 @@ class Source:
 
     def header(self, unit: Unit) -> list[str]:
         if unit.key not in self._headers:
-            with self.store.read_range(unit.key, 0, None) as stream:
-                first = next(iter_lines(stream, chunk=16 * 1024), b"")
+            first = next(chunk_lines(self.ranges(unit.key, 0, MARGIN)), b"")
             self._headers[unit.key] = self._split(first.decode("utf-8-sig"), unit.fmt)
             self._check_columns(self._headers[unit.key], unit.key)
         return self._headers[unit.key]
@@ -327,13 +328,35 @@ class Source:
             )
         return label
 
+    def ranges(self, key: str, start: int, window: int) -> Iterator[bytes]:
+        """The bytes of an object from `start` on, as bounded ranged reads.
+
+        Each read asks for `window` bytes (doubling from one read to the next) and
+        is read to its end before it is yielded. A reader that stops early has
+        therefore been sent at most one window it did not use, never the rest of
+        the object, and no S3 response is abandoned half-read (which would also
+        cost its pooled connection).
+        """
+        size = self._sizes[key]
+        while start < size:
+            end = min(size, start + max(1, window))
+            with self.store.read_range(key, start, end) as body:
+                data = body.read()
+            if not data:
+                return
+            yield data
+            start += len(data)
+            window *= 2
+
     def records(
-        self, unit: Unit, block_start: int | None
+        self, unit: Unit, block_start: int | None, window: int | None = None
     ) -> Generator[tuple[int, Example | None], None, None]:
         """(offset, example) for each record of a unit, from block_start on.
 
         The offset is where the record starts (a byte offset, or a row number in
         a parquet row group); it is what positions and hold-outs refer to.
+        `window` is how many bytes the first ranged read asks for (at most, and by
+        default, the rest of the unit); a reader that wants only a block passes its size.
         """
         where = unit.key
         if unit.fmt == "parquet":
@@ -345,25 +368,24 @@ class Source:
         begin = unit.start if block_start is None else block_start
         skip_partial = block_start is None and unit.start > 0
         read_from = begin - 1 if skip_partial else begin
-        with self.store.read_range(unit.key, read_from, None) as stream:
-            offset = read_from
-            # Small reads: a block is often far smaller than a megabyte, and a block load
-            # stops reading (and closes its ranged GET) as soon as it has its records.
-            lines = iter_lines(stream, chunk=READ_CHUNK)
-            if skip_partial:
-                # The line running across our start belongs to the previous unit.
-                offset += len(next(lines, b""))
-            for raw in lines:
-                start = offset
-                offset += len(raw)
-                if start >= unit.end:
-                    break
-                if start == 0 and header is not None:
-                    continue
-                text = raw.decode("utf-8-sig" if start == 0 else "utf-8").strip()
-                if not text:
-                    continue
-                yield start, self._parse(text, unit.fmt, header, f"{where} at byte {start}")
+        rest = unit.end - read_from + MARGIN
+        first = min(window, rest) if window else rest
+        offset = read_from
+        lines = chunk_lines(self.ranges(unit.key, read_from, first))
+        if skip_partial:
+            # The line running across our start belongs to the previous unit.
+            offset += len(next(lines, b""))
+        for raw in lines:
+            start = offset
+            offset += len(raw)
+            if start >= unit.end:
+                break
+            if start == 0 and header is not None:
+                continue
+            text = raw.decode("utf-8-sig" if start == 0 else "utf-8").strip()
+            if not text:
+                continue
+            yield start, self._parse(text, unit.fmt, header, f"{where} at byte {start}")
 
     def _parse(self, text: str, fmt: str, header: list[str] | None, where: str) -> Example | None:
         if fmt == "jsonl":
@@ -484,17 +506,21 @@ def step_allocations(shares: list[int], per_rank: int) -> Iterator[list[int]]:
 class _OpenUnit:
     """A unit being read block by block; its slot is its resumable state."""
 
-    def __init__(self, source: Source, unit: Unit, slot: Slot, seed: int, epoch: int) -> None:
+    def __init__(
+        self, source: Source, unit: Unit, slot: Slot, seed: int, epoch: int, count: int
+    ) -> None:
         self.source, self.unit, self.slot = source, unit, slot
         self.seed, self.epoch = seed, epoch
+        # One block's bytes at the unit's average record size, with a quarter to spare.
+        per_record = (unit.end - unit.start) / max(1, count)
+        self.window = math.ceil(per_record * (BLOCK + 1) * 1.25) + MARGIN
         self.block: list[tuple[int, Example | None]] | None = None
         self.order: list[int] = []
         self.next_start: int | None = None
 
     def _load(self, start: int | None) -> bool:
-        # Closing the generator closes its read stream now, not at garbage collection.
-        with contextlib.closing(self.source.records(self.unit, start)) as records:
-            got = list(itertools.islice(records, BLOCK + 1))
+        records = self.source.records(self.unit, start, self.window)
+        got = list(itertools.islice(records, BLOCK + 1))
         self.next_start = got[BLOCK][0] if len(got) > BLOCK else None
         self.block = got[:BLOCK]
         if not self.block:
@@ -535,11 +561,16 @@ def stream(
     epoch = position.epoch
     units = epoch_assignment(index, epoch, seed, rank, world_size)
     fraction = source.spec.eval_fraction
-    open_units = [_OpenUnit(source, units[s.unit], s, seed, epoch) for s in position.slots]
+
+    def opened(slot: Slot) -> _OpenUnit:
+        unit = units[slot.unit]
+        return _OpenUnit(source, unit, slot, seed, epoch, index.counts.get(unit.ident, 0))
+
+    open_units = [opened(s) for s in position.slots]
     next_unit, draws = position.next_unit, position.draws
     while True:
         while len(open_units) < SLOTS and next_unit < len(units):
-            open_units.append(_OpenUnit(source, units[next_unit], Slot(next_unit), seed, epoch))
+            open_units.append(opened(Slot(next_unit)))
             next_unit += 1
         if not open_units:
             return

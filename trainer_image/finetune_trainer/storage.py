@@ -14,7 +14,7 @@ import fnmatch
 import io
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -265,12 +265,14 @@ class HttpStore:
     def __init__(self, uri: str) -> None:
         self.uri = uri
 
-    def _open(self, key: str, method: str = "GET", start: int = 0) -> Any:
+    def _open(self, key: str, method: str = "GET", start: int = 0, end: int | None = None) -> Any:
         import urllib.request
 
         if not key.startswith(("https://", "http://")):
             raise PermanentError(f"not an http(s) URL: {key!r}")
-        headers = {"Range": f"bytes={start}-"} if start else {}
+        headers = {}
+        if start or end is not None:
+            headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         # Only http(s) URLs reach here (checked above).
         request = urllib.request.Request(key, method=method, headers=headers)  # noqa: S310
         try:
@@ -283,7 +285,9 @@ class HttpStore:
             return [ObjectInfo(self.uri, int(resp.headers.get("Content-Length") or 0))]
 
     def read_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
-        resp = self._open(key, start=start)
+        if end is not None and end <= start:
+            return io.BytesIO(b"")
+        resp = self._open(key, start=start, end=end)
         if start and resp.status != 206:
             # The server ignored the range: skip to it.
             remaining = start
@@ -353,13 +357,10 @@ def _hidden(key: str) -> bool:
     return name.startswith((".", "_")) or name.endswith(".partial")
 
 
-def iter_lines(stream: BinaryIO, chunk: int = 1 << 20) -> Iterator[bytes]:
-    """Lines of a byte stream, each with its newline."""
+def chunk_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines of a sequence of byte chunks, each with its newline."""
     rest = b""
-    while True:
-        data = stream.read(chunk)
-        if not data:
-            break
+    for data in chunks:
         data = rest + data
         lines = data.split(b"\n")
         rest = lines.pop()
