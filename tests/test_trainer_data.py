@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import http.server
 import io
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -137,7 +138,7 @@ class CountingStore:
 
 
 def test_resume_cost_does_not_grow_with_progress(s3_env: Any) -> None:
-    # One 10 MB file, a single shard: replaying the stream would read all of it.
+    # One 10 MB file: replaying the stream up to example 190,000 would read nearly all of it.
     rows = waimai_rows()
     out = io.StringIO()
     out.write("label,review\n")
@@ -149,8 +150,7 @@ def test_resume_cost_does_not_grow_with_progress(s3_env: Any) -> None:
     spec = spec_for("s3://data/big/train.csv", s3_env, "csv", ["review"], "label")
     source = Source(spec)
     units = source.plan_units(1, 64 * 1024 * 1024)
-    assert len(units) == 1
-    index = count_units(source, units, [0])
+    index = count_units(source, units, list(range(len(units))))
 
     positions = {}
     for n, (_, pos) in enumerate(stream(source, index, Position(), 1, 0, 1), start=1):
@@ -172,6 +172,27 @@ def test_resume_cost_does_not_grow_with_progress(s3_env: Any) -> None:
     assert costs[190_000] <= bound, costs
     assert costs[1_000] <= bound, costs
     assert len(data) > 8 * bound
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_file_sorted_by_label_is_mixed_all_through_the_epoch(s3_env: Any, world: int) -> None:
+    # The food-delivery reviews come sorted: 4,000 positive, then 7,987 negative.
+    s3_env.client().upload_file(str(WAIMAI), "data", "sorted/waimai.csv")
+    spec = spec_for("s3://data/sorted/waimai.csv", s3_env, "csv", ["review"], "label")
+    labels = [y for _, y in waimai_rows()]
+    assert labels[:4000] == [1] * 4000
+    share = sum(labels) / len(labels)
+    window = 256
+    for epoch, rank in itertools.product((0, 1), range(world)):
+        source = Source(spec)
+        units = source.plan_units(world, 64 * 1024 * 1024)
+        index = count_units(source, units, list(range(len(units))))
+        got = [e.label for e, _ in stream(source, index, Position(epoch=epoch), 7, rank, world)]
+        # Every stretch of 256 examples a rank trains on, start to end of the epoch,
+        # holds about the file's share of positives (a full shuffle: 0.33 +- 0.03).
+        shares = [sum(got[i : i + window]) / window for i in range(0, len(got) - window, window)]
+        assert min(shares) > share - 0.12, (epoch, rank, shares)
+        assert max(shares) < share + 0.12, (epoch, rank, shares)
 
 
 def test_resumed_stream_continues_exactly_where_it_stopped(s3_env: Any) -> None:

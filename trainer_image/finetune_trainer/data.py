@@ -4,16 +4,21 @@ The training files are cut into *units*: line-aligned byte ranges of jsonl,
 csv and tsv files (a unit owns every line that starts inside its range) or
 row groups of parquet files. Each epoch the units are shuffled with the seed
 and each is dealt to the rank with the fewest examples so far, so every
-example belongs to exactly one rank and the ranks stay balanced. A rank keeps
-SLOTS of its units open at once and draws each example from one of them,
-chosen by a seeded hash of the draw number, so a batch mixes examples from
-far-apart parts of the data. Each open unit is read in blocks of BLOCK
-records, shuffled with a seed derived from (seed, epoch, unit, block start).
+example belongs to exactly one rank and the ranks stay balanced. A file is
+cut into at least 16 units per rank, even for one rank. A rank keeps up to
+SLOTS of its units open at once (all of them for a small dataset; groups of
+even size otherwise) and draws each example from one of them by a seeded
+hash of the draw number, weighted by the examples each has left, so the open
+units run out together: a batch mixes far-apart parts of the data from the
+start of an epoch to its end, even in a file sorted by label. Each open unit
+is read in blocks of BLOCK records, shuffled with a seed derived from (seed,
+epoch, unit, block start).
 A block is one bounded ranged read sized from the unit's average record
 (another, twice as large, if that fell short), read to its end.
 
 The read position is the epoch, the next unit to open, the draw number and,
-for each open unit, its block start and the records taken from that block. A
+for each open unit, its block start, the records taken from that block and the
+examples it has given. A
 resume seeks straight to those blocks and re-reads at most one block per open
 unit: its cost does not depend on how far training got.
 
@@ -47,7 +52,7 @@ from .errors import PermanentError
 from .storage import ObjectInfo, Store, chunk_lines, resolve_files
 
 BLOCK = 512
-SLOTS = 8
+SLOTS = 32
 # Bytes asked for beyond an estimated end, for the line running across it.
 MARGIN = 4 * 1024
 MIN_SHARD_BYTES = 16 * 1024
@@ -77,12 +82,14 @@ class Unit:
 @dataclass(frozen=True)
 class Slot:
     """One open unit: the index of the unit in the rank's epoch assignment, the
-    start of its current block (None before its first block) and how many
-    records of that block (in shuffled order) are used up."""
+    start of its current block (None before its first block), how many records
+    of that block (in shuffled order) are used up, and how many examples the
+    unit has given this epoch."""
 
     unit: int
     block_start: int | None = None
     taken: int = 0
+    used: int = 0
 
 
 @dataclass(frozen=True)
@@ -232,7 +239,7 @@ class Source:
     def plan_units(self, world_size: int, max_shard_bytes: int) -> list[Unit]:
         total = sum(f.size for f in self.train_files)
         # Many small units per rank balance the ranks; one rank needs no balancing.
-        pieces = world_size * 16 if world_size > 1 else 1
+        pieces = max(1, world_size) * 16
         target = max(MIN_SHARD_BYTES, min(max_shard_bytes, total // pieces))
         units: list[Unit] = []
         for f in sorted(self.train_files, key=lambda f: f.key):
@@ -510,7 +517,7 @@ class _OpenUnit:
         self, source: Source, unit: Unit, slot: Slot, seed: int, epoch: int, count: int
     ) -> None:
         self.source, self.unit, self.slot = source, unit, slot
-        self.seed, self.epoch = seed, epoch
+        self.seed, self.epoch, self.count = seed, epoch, count
         # One block's bytes at the unit's average record size, with a quarter to spare.
         per_record = (unit.end - unit.start) / max(1, count)
         self.window = math.ceil(per_record * (BLOCK + 1) * 1.25) + MARGIN
@@ -544,10 +551,24 @@ class _OpenUnit:
         self.slot = replace(self.slot, taken=self.slot.taken + 1)
         return record
 
+    @property
+    def left(self) -> int:
+        """Usable examples not given yet (the counting pass knows the unit's total)."""
+        return self.count - self.slot.used
 
-def _pick(seed: int, epoch: int, rank: int, draw: int, n: int) -> int:
+    def gave(self) -> None:
+        self.slot = replace(self.slot, used=self.slot.used + 1)
+
+
+def _pick(seed: int, epoch: int, rank: int, draw: int, weights: list[int]) -> int:
+    """An index drawn with probability proportional to its weight, by a seeded hash."""
     digest = hashlib.blake2b(f"{seed}:{epoch}:{rank}:{draw}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % n
+    x = int.from_bytes(digest, "big") % sum(weights)
+    for i, w in enumerate(weights):
+        if x < w:
+            return i
+        x -= w
+    raise AssertionError("unreachable: x < sum(weights)")
 
 
 def stream(
@@ -566,21 +587,32 @@ def stream(
         unit = units[slot.unit]
         return _OpenUnit(source, unit, slot, seed, epoch, index.counts.get(unit.ident, 0))
 
-    open_units = [opened(s) for s in position.slots]
+    # At most SLOTS open at once, in groups of even size (17 units: 9, then 8), so no
+    # unit is left to run alone at the end of the epoch.
+    width = -(-len(units) // -(-len(units) // SLOTS)) if units else 0
+    open_units = [o for o in map(opened, position.slots) if o.left > 0]
     next_unit, draws = position.next_unit, position.draws
     while True:
-        while len(open_units) < SLOTS and next_unit < len(units):
-            open_units.append(opened(Slot(next_unit)))
+        while len(open_units) < width and next_unit < len(units):
+            unit = opened(Slot(next_unit))
             next_unit += 1
+            if unit.left > 0:
+                open_units.append(unit)
         if not open_units:
             return
-        i = _pick(seed, epoch, rank, draws, len(open_units))
+        # Weighted by what each unit has left, so the open units run out together
+        # and the end of an epoch is as mixed as its start.
+        i = _pick(seed, epoch, rank, draws, [o.left for o in open_units])
         draws += 1
         record = open_units[i].next()
         if record is None:
+            # Fewer records than counted: the data changed (the loop reports it).
             del open_units[i]
             continue
         offset, example = record
         if example is None or held_out(open_units[i].unit, offset, fraction):
             continue
+        open_units[i].gave()
+        if open_units[i].left == 0:
+            del open_units[i]
         yield example, Position(epoch, next_unit, draws, tuple(o.slot for o in open_units))
