@@ -23,6 +23,7 @@ from finetune_trainer.data import (
     step_allocations,
     stream,
 )
+from finetune_trainer.errors import PermanentError
 from trainer_support import SHARED_DATA, ensure_bucket
 
 WAIMAI = SHARED_DATA / "chinese-sentiment" / "waimai_10k.csv"
@@ -381,3 +382,129 @@ def test_every_step_but_the_last_has_the_full_global_batch(
     assert all(sum(step) == batch for step in plan[:-1])
     # Each rank gives exactly its share, never more than it has left.
     assert [sum(step[r] for step in plan) for r in range(len(shares))] == shares
+
+
+def _hub_glue(root: Path) -> list[dict[str, Any]]:
+    """nyu-mll/glue laid out as the Hub has it (CONFIG/SPLIT-00000-of-00001.parquet):
+    MRPC's train and dev from the shared data, and a second config."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from trainer_support import MRPC
+
+    def table(name: str) -> list[dict[str, Any]]:
+        with (MRPC / name).open(encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        return [
+            {"sentence1": r["#1 String"], "sentence2": r["#2 String"], "label": int(r["Quality"])}
+            for r in rows
+        ]
+
+    repo = root / "nyu-mll" / "glue"
+    (repo / "mrpc").mkdir(parents=True)
+    (repo / "cola").mkdir()
+    (repo / "README.md").write_text("---\nconfigs: [mrpc, cola]\n---\n")
+    train, dev = table("train.tsv"), table("dev.tsv")
+    for name, rows in (("train", train), ("validation", dev)):
+        pq.write_table(
+            pa.Table.from_pylist(rows),
+            repo / "mrpc" / f"{name}-00000-of-00001.parquet",
+            row_group_size=250,
+        )
+    pq.write_table(
+        pa.Table.from_pylist([{"sentence": "a", "label": 1}]),
+        repo / "cola" / "train-00000-of-00001.parquet",
+    )
+    return train + [{"split": "dev", **r} for r in dev]
+
+
+def test_hf_datasets_stream_from_the_hub_by_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Hub cannot be reached here: hub_standin serves its tree and resolve API
+    # (and a CDN on another origin) from a local folder laid out like nyu-mll/glue.
+    from hub_standin import Hub
+
+    rows = _hub_glue(tmp_path / "hub")
+    hub = Hub({"nyu-mll/glue": tmp_path / "hub" / "nyu-mll" / "glue"}).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
+        spec = FineTuneJobSpec.model_validate(
+            {
+                "model": {"uri": "file:///unused"},
+                "dataset": {
+                    "uri": "hf://nyu-mll/glue",
+                    "config": "mrpc",
+                    "textColumns": ["sentence1", "sentence2"],
+                    "labelColumn": "label",
+                    "evalSplit": "validation",
+                },
+                "checkpoints": {"uri": "file:///unused"},
+            }
+        )
+        rank0, rank1 = epoch_examples(spec, world=2, shard_bytes=64 * 1024, epoch=0)
+        evaluation = Source(spec).read_eval_files()
+    finally:
+        hub.stop()
+    train = [r for r in rows if "split" not in r]
+    dev = [r for r in rows if "split" in r]
+    assert rank0 + rank1 == Counter(((r["sentence1"], r["sentence2"]), r["label"]) for r in train)
+    assert [(e.texts, e.label) for e in evaluation] == [
+        ((r["sentence1"], r["sentence2"]), r["label"]) for r in dev
+    ]
+    # The API got the token; the CDN got ranged reads and never the token.
+    api = [s for s in hub.seen if s.server == "api" and "nyu-mll/glue" in s.path]
+    cdn = [s for s in hub.seen if s.server == "cdn"]
+    assert api
+    assert all(s.authorized for s in api)
+    assert cdn
+    assert all(s.range and not s.authorized for s in cdn)
+    assert not any("cola" in s.path for s in cdn)
+    train_file = tmp_path / "hub" / "nyu-mll" / "glue" / "mrpc" / "train-00000-of-00001.parquet"
+    sent = sum(
+        int(s.range.split("-")[1]) + 1 - int(s.range.split("=")[1].split("-")[0])
+        for s in cdn
+        if s.range and "train" in s.path
+    )
+    assert sent < 4 * train_file.stat().st_size  # by row group, not the file per unit
+
+
+@pytest.mark.parametrize(
+    ("dataset", "field_name", "says"),
+    [
+        ({"uri": "hf://nyu-mll/nope"}, "spec.dataset.uri", "no dataset nyu-mll/nope"),
+        ({"uri": "hf://nyu-mll/glue", "config": "sst2"}, "spec.dataset.config", "cola, mrpc"),
+        (
+            {"uri": "hf://nyu-mll/glue", "config": "mrpc", "revision": "v9"},
+            "spec.dataset.revision",
+            "no revision 'v9'",
+        ),
+    ],
+)
+def test_hf_dataset_mistakes_name_the_field(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dataset: dict[str, str],
+    field_name: str,
+    says: str,
+) -> None:
+    from hub_standin import Hub
+
+    _hub_glue(tmp_path / "hub")
+    hub = Hub({"nyu-mll/glue": tmp_path / "hub" / "nyu-mll" / "glue"}).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        spec = FineTuneJobSpec.model_validate(
+            {
+                "model": {"uri": "file:///unused"},
+                "dataset": {**dataset, "textColumns": ["sentence1"], "labelColumn": "label"},
+                "checkpoints": {"uri": "file:///unused"},
+            }
+        )
+        with pytest.raises(PermanentError) as error:
+            Source(spec)
+    finally:
+        hub.stop()
+    assert str(error.value).startswith(field_name + ":"), error.value
+    assert says in str(error.value)

@@ -84,6 +84,7 @@ CASES = [
     "missing-model",
     "unreachable-s3",
     "needs-remote-code",
+    "hub-dataset-offline",
 ]
 
 
@@ -128,6 +129,12 @@ def test_bad_input_fails_fast_with_one_clear_line(
             "FT_S3_CONNECT_TIMEOUT": "1",
         }
         expected = "S3 endpoint unreachable after retries"
+    elif case == "hub-dataset-offline":
+        # The trainer's environment sets HF_HUB_OFFLINE=1, as an air-gapped cluster would.
+        spec["dataset"] = {"uri": "hf://nyu-mll/glue", "config": "mrpc", "textColumns": ["s"]}
+        expected = (
+            "spec.dataset.uri: hf://nyu-mll/glue is on the Hugging Face Hub but HF_HUB_OFFLINE"
+        )
     else:
         spec["model"]["uri"] = f"file://{remote_code_model(tiny_model, tmp_path / 'acme')}"
         expected = "spec.model.trustRemoteCode: file://"

@@ -49,7 +49,7 @@ from typing import Any
 from finetune_operator.api.types import DatasetSpec, FineTuneJobSpec
 
 from .errors import PermanentError
-from .storage import ObjectInfo, Store, chunk_lines, resolve_files
+from .storage import HubStore, ObjectInfo, Store, chunk_lines, resolve_files
 
 BLOCK = 512
 SLOTS = 32
@@ -151,9 +151,24 @@ def _stem(key: str) -> str:
     return key.rsplit("/", 1)[-1].split(".", 1)[0]
 
 
+def hub_files(spec: DatasetSpec) -> tuple[HubStore, list[ObjectInfo]]:
+    """The data files of an hf:// dataset: those of its `config` folder, if set."""
+    store = HubStore(spec.uri[len("hf://") :], spec.revision)
+    files = store.list_objects(spec.config or "")
+    data = [f for f in files if "." + f.key.rsplit(".", 1)[-1] in FORMATS and f.size > 0]
+    if not data and spec.config:
+        folders = sorted({f.key.split("/", 1)[0] for f in store.list_objects() if "/" in f.key})
+        raise PermanentError(
+            f"spec.dataset.config: {spec.uri} has no data files under {spec.config}/; "
+            f"its folders are: {', '.join(folders) or 'none'}"
+        )
+    return store, data
+
+
 def split_files(files: list[ObjectInfo], split: str, fallback_all: bool) -> list[ObjectInfo]:
-    """Files of a split: those whose name starts with the split name."""
-    chosen = [f for f in files if _stem(f.key).startswith(split)]
+    """Files of a split: those whose name starts with the split name, or that lie in a
+    folder named after it (the Hub's parquet layout: CONFIG/SPLIT/0000.parquet)."""
+    chosen = [f for f in files if _stem(f.key).startswith(split) or split in f.key.split("/")[:-1]]
     if chosen:
         return chosen
     return files if fallback_all else []
@@ -198,15 +213,15 @@ class Source:
         self.num_labels = spec.model.num_labels
         self.label_names = spec.model.label_names or []
         uri = self.spec.uri
+        self.store: Store
         if uri.startswith("hf://"):
-            raise PermanentError(
-                "spec.dataset.uri: hf:// datasets are not read by this trainer yet; copy the "
-                "dataset's files to s3:// or a volume and point spec.dataset.uri at them"
-            )
-        self.store, files = resolve_files(uri, spec.s3)
+            self.store, files = hub_files(self.spec)
+        else:
+            self.store, files = resolve_files(uri, spec.s3)
         if not files:
             raise PermanentError(f"spec.dataset.uri: no data files found at {uri}")
-        single = len(files) == 1
+        # A single file is the training split, and evalSplit names a sibling file.
+        single = len(files) == 1 and not uri.startswith("hf://")
         self.train_files = split_files(
             files, self.spec.train_split, fallback_all=self.spec.eval_split is None or single
         )

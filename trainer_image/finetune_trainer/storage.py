@@ -328,6 +328,112 @@ def open_store(uri: str, s3: S3Spec | None = None) -> Store:
     raise PermanentError(f"unsupported storage URI {uri!r}")
 
 
+class HubStore:
+    """A dataset repository on the Hugging Face Hub, hf://OWNER/NAME (read-only).
+
+    Listed with the Hub's tree API and read with bounded Range requests on the
+    files' resolve URLs, so nothing is downloaded whole. HF_ENDPOINT points it
+    at a mirror; HF_TOKEN (from a Secret) authorises gated or private datasets
+    and is sent to the Hub only, never to the storage a download redirects to.
+    """
+
+    def __init__(self, repo_id: str, revision: str | None) -> None:
+        self.uri = f"hf://{repo_id}"
+        self.repo_id = repo_id
+        self.revision = revision or "main"
+        self.endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
+
+    def _call(self, what: str, fn: Any) -> Any:
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            OfflineModeIsEnabled,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        try:
+            return fn()
+        except OfflineModeIsEnabled:
+            raise PermanentError(
+                f"spec.dataset.uri: {self.uri} is on the Hugging Face Hub but HF_HUB_OFFLINE "
+                "is set; copy the dataset to s3:// or unset HF_HUB_OFFLINE"
+            ) from None
+        except GatedRepoError:
+            raise PermanentError(
+                f"spec.dataset.uri: {self.uri} is gated: accept its terms on the Hub and give "
+                "the pod a token in HF_TOKEN"
+            ) from None
+        except RepositoryNotFoundError:
+            raise PermanentError(
+                f"spec.dataset.uri: no dataset {self.repo_id} on the Hub (a private one needs "
+                "HF_TOKEN)"
+            ) from None
+        except RevisionNotFoundError:
+            raise PermanentError(
+                f"spec.dataset.revision: {self.repo_id} has no revision {self.revision!r}"
+            ) from None
+        except Exception as e:  # network and server failures: a new attempt may succeed
+            raise RetryableError(f"cannot {what} {self.uri} on the Hub: {e}") from None
+
+    def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.hf_api import RepoFile
+
+        api = HfApi(endpoint=self.endpoint)
+
+        def listing() -> list[ObjectInfo]:
+            try:
+                tree = api.list_repo_tree(
+                    self.repo_id,
+                    prefix.strip("/") or None,
+                    recursive=True,
+                    revision=self.revision,
+                    repo_type="dataset",
+                )
+                return [ObjectInfo(f.path, f.size) for f in tree if isinstance(f, RepoFile)]
+            except EntryNotFoundError:
+                return []
+
+        return cast(list[ObjectInfo], self._call("list", listing))
+
+    def read_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
+        from huggingface_hub import hf_hub_url, hf_raise_for_status
+        from huggingface_hub.utils import (  # type: ignore[attr-defined]  # public, lazily exported
+            build_hf_headers,
+            http_backoff,
+        )
+
+        if end is not None and end <= start:
+            return io.BytesIO(b"")
+        url = hf_hub_url(
+            self.repo_id, key, repo_type="dataset", revision=self.revision, endpoint=self.endpoint
+        )
+        headers = build_hf_headers()
+        headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+
+        def fetch() -> bytes:
+            # Retries network errors, 429 and 5xx with backoff.
+            response = http_backoff("GET", url, headers=headers)
+            hf_raise_for_status(response)
+            data = response.content
+            # A server that ignores Range sends the whole file.
+            return bytes(data[start:end] if response.status_code == 200 else data)
+
+        return io.BytesIO(self._call("read", fetch))
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.read_range(key).read()
+
+    def _read_only(self, *_: object) -> None:
+        raise PermanentError(f"{self.uri} is read-only: write to s3://, file:// or pvc://")
+
+    put_bytes = upload_file = download_file = delete = _read_only
+
+    def check(self) -> None:
+        self.list_objects()
+
+
 def resolve_files(uri: str, s3: S3Spec | None) -> tuple[Store, list[ObjectInfo]]:
     """The files a data URI names: one object, every object under a prefix, or a glob."""
     store: Store

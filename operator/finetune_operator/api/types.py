@@ -148,6 +148,11 @@ class DatasetSpec(ApiModel):
         max_length=NAME_MAX,
         description="Dataset configuration (subset) for hf:// datasets, e.g. mrpc for glue.",
     )
+    revision: str | None = Field(
+        default=None,
+        max_length=NAME_MAX,
+        description="Hub revision (branch, tag or commit) for hf:// datasets; main by default.",
+    )
     format: DatasetFormat = Field(
         default="auto",
         description="File format; auto picks it from the file extension.",
