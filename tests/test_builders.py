@@ -11,6 +11,7 @@ import yaml
 
 from finetune_operator import builders
 from finetune_operator import constants as c
+from finetune_operator.api.types import HubSpec
 from finetune_trainer.config import from_env
 
 from .conftest import Cluster
@@ -99,6 +100,20 @@ def test_credentials_only_as_secret_references() -> None:
     s3 = json.loads(env["FT_JOB_SPEC"])["s3"]
     assert set(s3) == {"region", "forcePathStyle", "credentialsSecret"}
     assert s3["credentialsSecret"]["name"] == "s3-credentials"
+
+
+def test_hub_mirror_and_token_reach_the_pod_as_references() -> None:
+    job = example_job()
+    job.spec.hub = HubSpec.model_validate(
+        {"endpoint": "https://hf-mirror.internal", "tokenSecret": {"name": "hub-token"}}
+    )
+    env = env_of(builders.pod(job, 0, attempt=1))
+    assert env["HF_ENDPOINT"] == "https://hf-mirror.internal"
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hub-token", "key": "HF_TOKEN"}}
+    assert json.loads(env["FT_JOB_SPEC"])["hub"] == {
+        "endpoint": "https://hf-mirror.internal",
+        "tokenSecret": {"name": "hub-token", "key": "HF_TOKEN"},
+    }
 
 
 def test_headless_service_for_rendezvous() -> None:

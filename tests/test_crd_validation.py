@@ -122,6 +122,16 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
         ["spec.s3.accessKeyId", "credentials never go inline"],
     ),
     (
+        "inline-hub-token",
+        set_path("spec.hub", {"token": "hf_abcdefEXAMPLE"}),
+        ["spec.hub.token", "tokens never go inline", "tokenSecret"],
+    ),
+    (
+        "hub-endpoint-not-a-url",
+        set_path("spec.hub", {"endpoint": "hf-mirror.internal"}),
+        ["spec.hub.endpoint", "must be a URL"],
+    ),
+    (
         "empty-text-columns",
         set_path("spec.dataset.textColumns", []),
         ["spec.dataset.textColumns", "must name one text column"],

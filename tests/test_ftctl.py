@@ -84,3 +84,31 @@ def test_version() -> None:
     result = CliRunner().invoke(cli, ["version"])
     assert result.exit_code == 0
     assert re.fullmatch(r"ftctl \d+\.\d+\.\d+\S* \(finetune\.dev/v1alpha1\)\n", result.output)
+
+
+def test_local_runs_reach_the_hub_only_when_the_job_needs_it(tmp_path: Path) -> None:
+    from finetune_operator.api.types import FineTuneJob
+    from finetune_operator.localrun import LocalRun
+
+    def env_for(dataset_uri: str, hub: dict[str, str] | None) -> dict[str, str]:
+        job = FineTuneJob.model_validate(
+            {
+                "apiVersion": "finetune.dev/v1alpha1",
+                "kind": "FineTuneJob",
+                "metadata": {"name": "local"},
+                "spec": {
+                    "model": {"uri": f"file://{tmp_path}/model"},
+                    "dataset": {"uri": dataset_uri, "textColumns": ["text"]},
+                    "checkpoints": {"uri": f"file://{tmp_path}/ckpt"},
+                    **({"hub": hub} if hub else {}),
+                },
+            }
+        )
+        return LocalRun(job, 1, tmp_path, 0).env({}, 29500)
+
+    local = env_for(f"file://{tmp_path}/data.jsonl", None)
+    assert local["HF_HUB_OFFLINE"] == "1"
+    assert "HF_ENDPOINT" not in local
+    hub = env_for("hf://nyu-mll/glue", {"endpoint": "https://hf-mirror.internal"})
+    assert "HF_HUB_OFFLINE" not in hub
+    assert hub["HF_ENDPOINT"] == "https://hf-mirror.internal"

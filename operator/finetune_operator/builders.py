@@ -141,17 +141,24 @@ def _env(job: Job, index: int, attempt: int, defaults: Defaults) -> list[dict[st
         "HF_HOME": f"{c.SCRATCH_PATH}/huggingface",
         "FT_PVC_ROOT": PVC_MOUNT_ROOT,
     }
+    if spec.hub is not None and spec.hub.endpoint:
+        values[c.Env.HF_ENDPOINT] = spec.hub.endpoint
     env: list[dict[str, Any]] = [{"name": str(k), "value": v} for k, v in values.items()]
+    # Credentials only ever travel as references to their Secret.
+    refs: list[tuple[c.Env, str, str]] = []
     secret = spec.s3.credentials_secret if spec.s3 else None
     if secret is not None:
-        # Credentials only ever travel as references to the Secret.
-        for var, key in (
-            (c.Env.AWS_ACCESS_KEY_ID, secret.access_key_id_key),
-            (c.Env.AWS_SECRET_ACCESS_KEY, secret.secret_access_key_key),
-        ):
-            env.append(
-                {"name": str(var), "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}}
-            )
+        refs += [
+            (c.Env.AWS_ACCESS_KEY_ID, secret.name, secret.access_key_id_key),
+            (c.Env.AWS_SECRET_ACCESS_KEY, secret.name, secret.secret_access_key_key),
+        ]
+    token = spec.hub.token_secret if spec.hub else None
+    if token is not None:
+        refs.append((c.Env.HF_TOKEN, token.name, token.key))
+    env += [
+        {"name": str(var), "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+        for var, name, key in refs
+    ]
     return env
 
 

@@ -126,6 +126,8 @@ class Env(StrEnum):
     # S3 credentials, from the Secret named in spec.s3.credentialsSecret.
     AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
     AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a variable name
+    HF_ENDPOINT = "HF_ENDPOINT"
+    HF_TOKEN = "HF_TOKEN"  # noqa: S105 - a variable name
 
 
 METRICS_PORT: Final = 9420

@@ -56,6 +56,9 @@ class LocalRun:
                 c.Env.DEVICE: self.device,
             }
         )
+        if spec.hub is not None and spec.hub.endpoint:
+            # The token, if one is needed, is the user's own (HF_TOKEN or their login).
+            env[c.Env.HF_ENDPOINT] = spec.hub.endpoint
         if all(
             not u.startswith(("hf://", "http"))
             for u in (spec.model.uri, spec.dataset.uri, spec.checkpoints.uri)

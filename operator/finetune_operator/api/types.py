@@ -507,6 +507,54 @@ class S3Spec(ApiModel):
     )
 
 
+class TokenSecret(ApiModel):
+    """A Secret holding a Hugging Face access token, and its key."""
+
+    name: str = Field(
+        max_length=NAME_MAX, description="Name of the Secret, in the job's namespace."
+    )
+    key: str = Field(
+        default="HF_TOKEN", max_length=NAME_MAX, description="Key of the token in the Secret."
+    )
+
+
+class HubSpec(ApiModel):
+    """How to reach the Hugging Face Hub (or a mirror) for every hf:// URI of the job."""
+
+    endpoint: str | None = Field(
+        default=None,
+        max_length=URI_MAX,
+        description="A Hub mirror's URL (HF_ENDPOINT), e.g. https://hf-mirror.internal.",
+        json_schema_extra=cel(
+            Rule(
+                matches(r"^https?://[^/\s]+(/\S*)?$"),
+                "spec.hub.endpoint must be a URL like https://HOST[:PORT][/PATH]",
+            )
+        ),
+    )
+    token_secret: TokenSecret | None = Field(
+        default=None,
+        description="Secret with a token for gated or private models and datasets (HF_TOKEN).",
+    )
+    # Not a setting: present only so that a token pasted inline is refused with a
+    # message instead of being silently pruned.
+    token: str | None = Field(
+        default=None,
+        max_length=URI_MAX,
+        description="Not allowed: put the token in a Secret and set tokenSecret.",
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!has(self.token)",
+            "spec.hub.token must not be set: tokens never go inline; store it in a Secret "
+            "and set spec.hub.tokenSecret.name",
+            field_path=".token",
+            reason="FieldValueForbidden",
+        ),
+    )
+
+
 class CheckpointSpec(ApiModel):
     """Where and how often training state is saved, so a failed job resumes."""
 
@@ -609,6 +657,9 @@ class FineTuneJobSpec(ApiModel):
     )
     s3: S3Spec | None = Field(
         default=None, description="S3 endpoint, region and credentials for every s3:// URI."
+    )
+    hub: HubSpec | None = Field(
+        default=None, description="Hugging Face Hub mirror and token for every hf:// URI."
     )
     checkpoints: CheckpointSpec = Field(
         description="Checkpoint location and schedule.",
