@@ -175,11 +175,23 @@ def test_resume_cost_does_not_grow_with_progress(s3_env: Any) -> None:
     assert len(data) > 8 * bound
 
 
-@pytest.mark.parametrize("world", [1, 2])
-def test_a_file_sorted_by_label_is_mixed_all_through_the_epoch(s3_env: Any, world: int) -> None:
+@pytest.mark.parametrize(("world", "fmt"), [(1, "csv"), (2, "csv"), (1, "parquet"), (2, "parquet")])
+def test_a_file_sorted_by_label_is_mixed_all_through_the_epoch(
+    s3_env: Any, world: int, fmt: str
+) -> None:
     # The food-delivery reviews come sorted: 4,000 positive, then 7,987 negative.
-    s3_env.client().upload_file(str(WAIMAI), "data", "sorted/waimai.csv")
-    spec = spec_for("s3://data/sorted/waimai.csv", s3_env, "csv", ["review"], "label")
+    if fmt == "csv":
+        s3_env.client().upload_file(str(WAIMAI), "data", "sorted/waimai.csv")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        # One row group, as small datasets on the Hub often are.
+        rows = [{"review": t[0], "label": y} for t, y in waimai_rows()]
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), buf, row_group_size=len(rows))
+        s3_env.client().put_object(Bucket="data", Key="sorted/waimai.parquet", Body=buf.getvalue())
+    spec = spec_for(f"s3://data/sorted/waimai.{fmt}", s3_env, fmt, ["review"], "label")
     labels = [y for _, y in waimai_rows()]
     assert labels[:4000] == [1] * 4000
     share = sum(labels) / len(labels)

@@ -2,7 +2,8 @@
 
 The training files are cut into *units*: line-aligned byte ranges of jsonl,
 csv and tsv files (a unit owns every line that starts inside its range) or
-row groups of parquet files. Each epoch the units are shuffled with the seed
+row ranges of parquet files, each inside one row group (a rank keeps the row
+groups its open units need in memory, up to PARQUET_MEMORY). Each epoch the units are shuffled with the seed
 and each is dealt to the rank with the fewest examples so far, so every
 example belongs to exactly one rank and the ranks stay balanced. A file is
 cut into at least 16 units per rank, even for one rank. A rank keeps up to
@@ -34,6 +35,7 @@ Rows with an empty text are skipped, as the Hugging Face recipe filters them.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import io
@@ -56,6 +58,9 @@ SLOTS = 32
 # Bytes asked for beyond an estimated end, for the line running across it.
 MARGIN = 4 * 1024
 MIN_SHARD_BYTES = 16 * 1024
+# Uncompressed parquet row groups a rank keeps in memory; it also caps how many
+# parquet units are open at once (one row group each, at most).
+PARQUET_MEMORY = 1 << 30
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
 
@@ -67,12 +72,15 @@ class Example:
 
 @dataclass(frozen=True)
 class Unit:
-    """A piece of one file: bytes [start, end) or parquet row group `start`."""
+    """A piece of one file: bytes [start, end), or rows [start, end) of a parquet file
+    (always inside one row group). `memory` is what reading it holds in memory: the
+    uncompressed bytes of its row group (0 for text files, read block by block)."""
 
     key: str
     fmt: str
     start: int
     end: int
+    memory: int = 0
 
     @property
     def ident(self) -> str:
@@ -246,7 +254,9 @@ class Source:
         self._headers: dict[str, list[str]] = {}
         self._checked: set[str] = set()
         self._parquet_files: dict[str, Any] = {}
-        self._row_groups: OrderedDict[tuple[str, int], list[dict[str, Any]]] = OrderedDict()
+        self._row_groups: OrderedDict[tuple[str, int], tuple[int, list[dict[str, Any]]]] = (
+            OrderedDict()
+        )
         self._sizes = {f.key: f.size for f in [*self.train_files, *self.eval_files]}
 
     # --- planning ------------------------------------------------------------------
@@ -260,8 +270,7 @@ class Source:
         for f in sorted(self.train_files, key=lambda f: f.key):
             fmt = file_format(f.key, self.spec.format)
             if fmt == "parquet":
-                groups = self._parquet(f.key).metadata.num_row_groups
-                units += [Unit(f.key, fmt, g, g + 1) for g in range(groups)]
+                units += self._parquet_units(f, target)
             else:
                 n = -(-f.size // target)
                 bounds = [f.size * k // n for k in range(n + 1)]
@@ -279,19 +288,45 @@ class Source:
             self._parquet_files[key] = pq.ParquetFile(RangeFile(self.store, key, size))
         return self._parquet_files[key]
 
-    def _row_group(self, unit: Unit) -> list[dict[str, Any]]:
-        """The rows of a parquet row group; the open units' groups stay cached."""
-        ident = (unit.key, unit.start)
+    def _group_starts(self, key: str) -> list[int]:
+        """The first row of each row group, and the file's row count last."""
+        meta = self._parquet(key).metadata
+        sizes = (meta.row_group(g).num_rows for g in range(meta.num_row_groups))
+        return [0, *itertools.accumulate(sizes)]
+
+    def _parquet_units(self, f: ObjectInfo, target: int) -> list[Unit]:
+        """Row ranges of about `target` file bytes, none across a row group's edge,
+        so even a file of one row group is many units."""
+        meta = self._parquet(f.key).metadata
+        starts = self._group_starts(f.key)
+        bytes_per_row = f.size / max(1, starts[-1])
+        units: list[Unit] = []
+        for g in range(meta.num_row_groups):
+            first, rows = starts[g], starts[g + 1] - starts[g]
+            n = max(1, min(rows, round(rows * bytes_per_row / target)))
+            memory = int(meta.row_group(g).total_byte_size)
+            bounds = [first + rows * k // n for k in range(n + 1)]
+            units += [Unit(f.key, "parquet", a, b, memory) for a, b in itertools.pairwise(bounds)]
+        return units
+
+    def _row_group(self, key: str, group: int) -> list[dict[str, Any]]:
+        """The rows of a parquet row group (the needed columns only). Groups stay
+        cached up to PARQUET_MEMORY bytes, so the open units' groups are read once."""
+        ident = (key, group)
         if ident in self._row_groups:
             self._row_groups.move_to_end(ident)
-            return self._row_groups[ident]
-        table = self._parquet(unit.key).read_row_group(unit.start)
-        if unit.key not in self._checked:
-            self._check_columns(table.column_names, unit.key)
-            self._checked.add(unit.key)
-        rows: list[dict[str, Any]] = table.to_pylist()
-        self._row_groups[ident] = rows
-        while len(self._row_groups) > SLOTS + 1:
+            return self._row_groups[ident][1]
+        parquet = self._parquet(key)
+        if key not in self._checked:
+            self._check_columns(parquet.schema_arrow.names, key)
+            self._checked.add(key)
+        wanted = list(dict.fromkeys([*self.spec.text_columns, self.spec.label_column]))
+        rows: list[dict[str, Any]] = parquet.read_row_group(group, columns=wanted).to_pylist()
+        size = int(parquet.metadata.row_group(group).total_byte_size)
+        self._row_groups[ident] = (size, rows)
+        while len(self._row_groups) > 1 and (
+            sum(v[0] for v in self._row_groups.values()) > PARQUET_MEMORY
+        ):
             self._row_groups.popitem(last=False)
         return rows
 
@@ -375,16 +410,18 @@ class Source:
     ) -> Generator[tuple[int, Example | None], None, None]:
         """(offset, example) for each record of a unit, from block_start on.
 
-        The offset is where the record starts (a byte offset, or a row number in
-        a parquet row group); it is what positions and hold-outs refer to.
+        The offset is where the record starts (a byte offset, or a parquet row
+        number); it is what positions and hold-outs refer to.
         `window` is how many bytes the first ranged read asks for (at most, and by
         default, the rest of the unit); a reader that wants only a block passes its size.
         """
         where = unit.key
         if unit.fmt == "parquet":
-            rows = self._row_group(unit)
-            for i in range(block_start or 0, len(rows)):
-                yield i, self.to_example(rows[i], f"{where} row {i}")
+            starts = self._group_starts(unit.key)
+            group = bisect.bisect_right(starts, unit.start) - 1
+            rows = self._row_group(unit.key, group)
+            for i in range(unit.start if block_start is None else block_start, unit.end):
+                yield i, self.to_example(rows[i - starts[group]], f"{where} row {i}")
             return
         header = self.header(unit) if unit.fmt in ("csv", "tsv") else None
         begin = unit.start if block_start is None else block_start
@@ -426,11 +463,9 @@ class Source:
         out: list[Example] = []
         for f in sorted(self.eval_files, key=lambda f: f.key):
             fmt = file_format(f.key, self.spec.format)
-            groups = self._parquet(f.key).metadata.num_row_groups if fmt == "parquet" else 1
-            for g in range(groups):
-                unit = Unit(
-                    f.key, fmt, g if fmt == "parquet" else 0, g + 1 if fmt == "parquet" else f.size
-                )
+            bounds = self._group_starts(f.key) if fmt == "parquet" else [0, f.size]
+            for a, b in itertools.pairwise(bounds):
+                unit = Unit(f.key, fmt, a, b)
                 out += [e for _, e in self.records(unit, None) if e is not None]
         return out
 
@@ -605,6 +640,9 @@ def stream(
     # At most SLOTS open at once, in groups of even size (17 units: 9, then 8), so no
     # unit is left to run alone at the end of the epoch.
     width = -(-len(units) // -(-len(units) // SLOTS)) if units else 0
+    largest = max((u.memory for u in units), default=0)
+    if largest:
+        width = min(width, max(1, PARQUET_MEMORY // largest))
     open_units = [o for o in map(opened, position.slots) if o.left > 0]
     next_unit, draws = position.next_unit, position.draws
     while True:
