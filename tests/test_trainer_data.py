@@ -208,9 +208,19 @@ def test_a_file_sorted_by_label_is_mixed_all_through_the_epoch(
         assert max(shares) < share + 0.12, (epoch, rank, shares)
 
 
-def test_resumed_stream_continues_exactly_where_it_stopped(s3_env: Any) -> None:
-    s3_env.client().upload_file(str(WAIMAI), "data", "resume/waimai.csv")
-    spec = spec_for("s3://data/resume/waimai.csv", s3_env, "csv", ["review"], "label")
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_resumed_stream_continues_exactly_where_it_stopped(s3_env: Any, fmt: str) -> None:
+    if fmt == "csv":
+        s3_env.client().upload_file(str(WAIMAI), "data", "resume/waimai.csv")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = [{"review": t[0], "label": y} for t, y in waimai_rows()]
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), buf, row_group_size=5000)
+        s3_env.client().put_object(Bucket="data", Key="resume/waimai.parquet", Body=buf.getvalue())
+    spec = spec_for(f"s3://data/resume/waimai.{fmt}", s3_env, fmt, ["review"], "label")
     source = Source(spec)
     units = source.plan_units(2, 64 * 1024)
     index = count_units(source, units, list(range(len(units))))
