@@ -3,8 +3,9 @@
 The training files are cut into *units*: line-aligned byte ranges of jsonl,
 csv and tsv files (a unit owns every line that starts inside its range) or
 row ranges of parquet files, each inside one row group (a rank keeps the row
-groups its open units need in memory, up to PARQUET_MEMORY). Each epoch the units are shuffled with the seed
-and each is dealt to the rank with the fewest examples so far, so every
+groups its open units need in memory, up to PARQUET_MEMORY). Each epoch the
+units are shuffled with the seed and each is dealt to the rank with the
+fewest examples so far, so every
 example belongs to exactly one rank and the ranks stay balanced. A file is
 cut into at least 16 units per rank, even for one rank. A rank keeps up to
 SLOTS of its units open at once (all of them for a small dataset; groups of
