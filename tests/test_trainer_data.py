@@ -440,6 +440,16 @@ def _hub_glue(root: Path) -> list[dict[str, Any]]:
     return train + [{"split": "dev", **r} for r in dev]
 
 
+def online(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """Point the Hub client at the stand-in. The test suite runs with HF_HUB_OFFLINE=1,
+    which huggingface_hub reads once at import, so its flag is turned off too."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+
+
 def test_hf_datasets_stream_from_the_hub_by_range(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -450,7 +460,7 @@ def test_hf_datasets_stream_from_the_hub_by_range(
     rows = _hub_glue(tmp_path / "hub")
     hub = Hub({"nyu-mll/glue": tmp_path / "hub" / "nyu-mll" / "glue"}).start()
     try:
-        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        online(monkeypatch, hub.endpoint)
         monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
         spec = FineTuneJobSpec.model_validate(
             {
@@ -516,7 +526,7 @@ def test_hf_dataset_mistakes_name_the_field(
     _hub_glue(tmp_path / "hub")
     hub = Hub({"nyu-mll/glue": tmp_path / "hub" / "nyu-mll" / "glue"}).start()
     try:
-        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        online(monkeypatch, hub.endpoint)
         spec = FineTuneJobSpec.model_validate(
             {
                 "model": {"uri": "file:///unused"},
