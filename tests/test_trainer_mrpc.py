@@ -1,9 +1,10 @@
 """MRPC with the real all-MiniLM-L6-v2, 2 machine ranks, 3 epochs, on CPU (slow).
 
 The plain Hugging Face Trainer recipe (batch 8, lr 5e-5, 3 epochs) reaches about
-0.814 accuracy / 0.870 F1 with this model and data. This trainer measured 0.8015 /
-0.8648 (docs/trainer.md); the assertions are a regression floor below that, and the
-test prints both so the gap stays visible until it is closed.
+0.814 accuracy / 0.870 F1 with this model and data; the test asks for at least that
+with the recipe's seed (42), and prints both. This trainer measured 0.8186 / 0.8754
+with it; docs/trainer.md compares both over several seeds, since one seed of MRPC dev
+(408 pairs) moves by about a point.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def test_mrpc_minilm_two_ranks_matches_the_recipe(tmp_path: Path) -> None:
         f"F1 {metrics['f1']:.4f} (plain Trainer recipe: accuracy {REFERENCE['accuracy']}, "
         f"F1 {REFERENCE['f1']})"
     )
-    assert metrics["accuracy"] >= 0.80
-    assert metrics["f1"] >= 0.86
+    assert metrics["accuracy"] >= 0.81
+    assert metrics["f1"] >= 0.87
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["id2label"] == {"0": "not_equivalent", "1": "equivalent"}
