@@ -84,7 +84,12 @@ def _broadcast(obj: Any) -> Any:
 
 
 def build_optimizer(model: torch.nn.Module, t: TrainingSpec, total: int) -> tuple[Any, Any]:
-    """AdamW (no decay on biases and LayerNorm) and the spec's schedule with warm-up."""
+    """AdamW (no decay on biases and LayerNorm) and the spec's schedule with warm-up.
+
+    The fused AdamW kernel, as the Trainer's default optimizer (adamw_torch_fused) uses,
+    on CPUs too: the per-parameter loop of the plain implementation took a third of
+    each CPU step. Devices without the kernel fall back to the multi-tensor one.
+    """
     from transformers import get_scheduler
 
     decay: list[torch.nn.Parameter] = []
@@ -92,13 +97,14 @@ def build_optimizer(model: torch.nn.Module, t: TrainingSpec, total: int) -> tupl
     for name, p in model.named_parameters():
         no_bias = p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias")
         (no_decay if no_bias else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": t.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=t.learning_rate,
-    )
+    groups = [
+        {"params": decay, "weight_decay": t.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    try:
+        optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, fused=True)
+    except RuntimeError:
+        optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, foreach=True)
     warmup = t.warmup_steps or math.ceil(t.warmup_ratio * total)
     scheduler = get_scheduler(
         t.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total
