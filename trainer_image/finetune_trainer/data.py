@@ -255,6 +255,7 @@ class Source:
         self._headers: dict[str, list[str]] = {}
         self._checked: set[str] = set()
         self._parquet_files: dict[str, Any] = {}
+        self._starts: dict[str, list[int]] = {}
         self._row_groups: OrderedDict[tuple[str, int], tuple[int, list[dict[str, Any]]]] = (
             OrderedDict()
         )
@@ -290,10 +291,13 @@ class Source:
         return self._parquet_files[key]
 
     def _group_starts(self, key: str) -> list[int]:
-        """The first row of each row group, and the file's row count last."""
-        meta = self._parquet(key).metadata
-        sizes = (meta.row_group(g).num_rows for g in range(meta.num_row_groups))
-        return [0, *itertools.accumulate(sizes)]
+        """The first row of each row group, and the file's row count last (kept: every
+        block load of a parquet unit looks its row group up here)."""
+        if key not in self._starts:
+            meta = self._parquet(key).metadata
+            sizes = (meta.row_group(g).num_rows for g in range(meta.num_row_groups))
+            self._starts[key] = [0, *itertools.accumulate(sizes)]
+        return self._starts[key]
 
     def _parquet_units(self, f: ObjectInfo, target: int) -> list[Unit]:
         """Row ranges of about `target` file bytes, none across a row group's edge,
