@@ -259,7 +259,18 @@ class S3Store:
             raise RetryableError(f"S3 error on bucket {self.bucket!r}: {code}") from None
 
 
-class HttpStore:
+class ReadOnlyStore:
+    """Writes to a store that can only be read fail with one clear line."""
+
+    uri: str
+
+    def _read_only(self, *_: object) -> None:
+        raise PermanentError(f"{self.uri} is read-only: write to s3://, file:// or pvc://")
+
+    put_bytes = upload_file = download_file = delete = _read_only
+
+
+class HttpStore(ReadOnlyStore):
     """One file served over https:// (or http://), read with Range requests."""
 
     def __init__(self, uri: str) -> None:
@@ -306,11 +317,6 @@ class HttpStore:
         with self._open(key) as resp:
             return bytes(resp.read())
 
-    def _read_only(self, *_: object) -> None:
-        raise PermanentError(f"{self.uri} is read-only: write to s3://, file:// or pvc://")
-
-    put_bytes = upload_file = download_file = delete = _read_only
-
     def check(self) -> None:
         self.list_objects()
 
@@ -328,7 +334,7 @@ def open_store(uri: str, s3: S3Spec | None = None) -> Store:
     raise PermanentError(f"unsupported storage URI {uri!r}")
 
 
-class HubStore:
+class HubStore(ReadOnlyStore):
     """A dataset repository on the Hugging Face Hub, hf://OWNER/NAME (read-only).
 
     Listed with the Hub's tree API and read with bounded Range requests on the
@@ -360,13 +366,13 @@ class HubStore:
             ) from None
         except GatedRepoError:
             raise PermanentError(
-                f"spec.dataset.uri: {self.uri} is gated: accept its terms on the Hub and give "
-                "the pod a token in HF_TOKEN"
+                f"spec.dataset.uri: {self.uri} is gated: accept its terms on the Hub and "
+                "set spec.hub.tokenSecret to a Secret with your token"
             ) from None
         except RepositoryNotFoundError:
             raise PermanentError(
                 f"spec.dataset.uri: no dataset {self.repo_id} on the Hub (a private one needs "
-                "HF_TOKEN)"
+                "spec.hub.tokenSecret)"
             ) from None
         except RevisionNotFoundError:
             raise PermanentError(
@@ -424,11 +430,6 @@ class HubStore:
 
     def get_bytes(self, key: str) -> bytes:
         return self.read_range(key).read()
-
-    def _read_only(self, *_: object) -> None:
-        raise PermanentError(f"{self.uri} is read-only: write to s3://, file:// or pvc://")
-
-    put_bytes = upload_file = download_file = delete = _read_only
 
     def check(self) -> None:
         self.list_objects()
