@@ -25,25 +25,25 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[trainer,dev]'
+	$(BIN)/pip install --quiet -e '.[operator,trainer,dev]'
 	touch $@
 
 install: $(STAMP)
 
 generate: $(STAMP)
-	$(BIN)/python -m finetune_operator.api.crd --write
+	$(BIN)/python -m finetune_api.crd --write
 
 check-generated: $(STAMP)
-	$(BIN)/python -m finetune_operator.api.crd --check
+	$(BIN)/python -m finetune_api.crd --check
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator trainer_image tests bench examples
-	$(BIN)/ruff format --check operator trainer_image tests bench examples
+	$(BIN)/ruff check api operator trainer_image tests bench examples
+	$(BIN)/ruff format --check api operator trainer_image tests bench examples
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format operator trainer_image tests bench
-	$(BIN)/ruff check --fix operator trainer_image tests bench
+	$(BIN)/ruff format api operator trainer_image tests bench examples
+	$(BIN)/ruff check --fix api operator trainer_image tests bench examples
 
 # Debian packages the tests run for real: Prometheus scrapes the trainer.
 system-deps:

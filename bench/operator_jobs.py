@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT / "tests" / "cluster"), str(ROOT / "tests")]
 from controlplane import ControlPlane, free_port, wait_for  # noqa: E402
 from kubernetes import client, config, watch  # noqa: E402
 
-from finetune_operator import constants as c  # noqa: E402
+from finetune_api import names as c  # noqa: E402
 from operator_support import OperatorProcess, gpu_node  # noqa: E402
 
 CRD = ROOT / "manifests" / "crd" / "finetune.dev_finetunejobs.yaml"

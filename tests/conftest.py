@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from controlplane import ROOT, ControlPlane, wait_for
 
-from finetune_operator import constants as c
+from finetune_api import names as c
 
 CRD_FILE = ROOT / "manifests" / "crd" / "finetune.dev_finetunejobs.yaml"
 

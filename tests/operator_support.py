@@ -26,7 +26,7 @@ from typing import Any
 from controlplane import ROOT, free_port, wait_for
 from kubernetes import client, watch
 
-from finetune_operator import constants as c
+from finetune_api import names as c
 
 VENV_BIN = Path(sys.executable).parent
 

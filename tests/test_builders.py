@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
+from finetune_api import names as c
+from finetune_api.types import HubSpec
 from finetune_operator import builders
-from finetune_operator import constants as c
-from finetune_operator.api.types import HubSpec
 from finetune_trainer.config import from_env
 
 from .conftest import Cluster

@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from finetune_operator import constants as c
+from finetune_api import names as c
 
 from .conftest import ROOT, Cluster, wait_for
 from .test_crd_validation import valid_job

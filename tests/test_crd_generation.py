@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.api import crd
-from finetune_operator.api.schema import SchemaError, object_schema
-from finetune_operator.api.types import FineTuneJob, FineTuneJobSpec, ModelSpec
+from finetune_api import crd
+from finetune_api.schema import SchemaError, object_schema
+from finetune_api.types import FineTuneJob, FineTuneJobSpec, ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_check(root: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "finetune_operator.api.crd", "--check", "--root", str(root)],
+        [sys.executable, "-m", "finetune_api.crd", "--check", "--root", str(root)],
         capture_output=True,
         text=True,
         check=False,

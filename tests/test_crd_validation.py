@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from finetune_operator import constants as c
+from finetune_api import names as c
 
 from .conftest import Cluster
 

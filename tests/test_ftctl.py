@@ -87,7 +87,7 @@ def test_version() -> None:
 
 
 def test_local_runs_reach_the_hub_only_when_the_job_needs_it(tmp_path: Path) -> None:
-    from finetune_operator.api.types import FineTuneJob
+    from finetune_api.types import FineTuneJob
     from finetune_operator.localrun import LocalRun
 
     def env_for(dataset_uri: str, hub: dict[str, str] | None) -> dict[str, str]:

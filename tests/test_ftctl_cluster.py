@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner, Result
 from kubernetes.client.exceptions import ApiException
 
-from finetune_operator import constants as c
+from finetune_api import names as c
 from finetune_operator.client import connect, explain
 from finetune_operator.ftctl.main import cli
 
@@ -310,7 +310,7 @@ def test_watch_shows_a_live_view_in_a_terminal(cluster: Cluster, namespace: str)
 def test_checkpoints_lists_what_was_committed_in_s3(
     cluster: Cluster, namespace: str, s3: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from finetune_operator.api.types import S3Spec
+    from finetune_api.types import S3Spec
     from finetune_trainer.checkpoint import CheckpointStore
     from trainer_support import ensure_bucket
 

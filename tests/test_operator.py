@@ -18,7 +18,8 @@ import pytest
 from controlplane import free_port, wait_for
 from kubernetes import client
 
-from finetune_operator import constants as c
+from finetune_api import names as c
+from finetune_api.exits import ExitCode
 
 from .conftest import Cluster
 from .operator_support import Kubelet, OperatorProcess, gpu_nodes
@@ -153,7 +154,7 @@ def test_a_retryable_failure_restarts_the_whole_gang_without_overlap(
     run_all(kubelet, scheduled_pods(cluster, ns, "retry", 2))
     wait_phase(cluster, ns, "retry", "Running")
 
-    kubelet.exit("retry-node-1", c.ExitCode.RETRYABLE, "lost rank 0: connection reset")
+    kubelet.exit("retry-node-1", ExitCode.RETRYABLE, "lost rank 0: connection reset")
     new = scheduled_pods(cluster, ns, "retry", 2, attempt="2")
     st = status(cluster, ns, "retry")
     assert st["attempt"] == 2
@@ -175,7 +176,7 @@ def test_the_permanent_error_code_fails_at_once_and_backoff_limit_is_kept(
     run_all(kubelet, scheduled_pods(cluster, ns, "bad-column", 2))
     wait_phase(cluster, ns, "bad-column", "Running")
     reason = "spec.dataset.textColumns: column 'sentence' not found; the data has columns: a, b"
-    kubelet.exit("bad-column-node-0", c.ExitCode.PERMANENT, reason)
+    kubelet.exit("bad-column-node-0", ExitCode.PERMANENT, reason)
     st = wait_phase(cluster, ns, "bad-column", "Failed")
     failed = cond(st, "Failed")
     assert failed["reason"] == "TrainerError"
@@ -436,9 +437,7 @@ def test_killing_the_operator_at_20_random_points_leaves_exactly_the_expected_po
                         and p.metadata.labels[c.LABEL_ATTEMPT] == str(st.get("attempt"))
                     ]
                     if st.get("phase") == "Running" and running:
-                        kubelet.exit(
-                            rng.choice(running).metadata.name, c.ExitCode.RETRYABLE, "lost"
-                        )
+                        kubelet.exit(rng.choice(running).metadata.name, ExitCode.RETRYABLE, "lost")
                         injected[name] += 1
                 time.sleep(rng.uniform(0.0, 1.5))  # the kill point itself, not a synchronisation
                 op.kill()

@@ -6,8 +6,8 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from finetune_api import names as c
 from finetune_operator import builders
-from finetune_operator import constants as c
 from finetune_operator.progress import parse
 from finetune_operator.reconcile import Plan, Settings, reconcile
 

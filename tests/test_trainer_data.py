@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.api.types import FineTuneJobSpec
+from finetune_api.types import FineTuneJobSpec
 from finetune_trainer.data import (
     BLOCK,
     MARGIN,
@@ -238,7 +238,7 @@ def test_interrupted_upload_is_never_used(s3_env: Any, tmp_path: Path) -> None:
 
     from controlplane import wait_for
 
-    from finetune_operator.api.types import S3Spec
+    from finetune_api.types import S3Spec
     from finetune_trainer.checkpoint import CheckpointStore
 
     client = s3_env.client()
@@ -260,7 +260,7 @@ def test_interrupted_upload_is_never_used(s3_env: Any, tmp_path: Path) -> None:
             "-c",
             (
                 "import sys; from pathlib import Path; "
-                "from finetune_operator.api.types import S3Spec; "
+                "from finetune_api.types import S3Spec; "
                 "from finetune_trainer.checkpoint import CheckpointStore; "
                 "s = CheckpointStore('s3://ckpt/interrupted', "
                 f"S3Spec(endpoint={s3_env.endpoint!r}, force_path_style=True)); "

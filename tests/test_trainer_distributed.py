@@ -64,7 +64,7 @@ def reference_training(
     """One process trained on the same global batches the ranks formed together."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from finetune_operator.api.types import FineTuneJobSpec
+    from finetune_api.types import FineTuneJobSpec
     from finetune_trainer.data import (
         Position,
         Source,
@@ -171,7 +171,7 @@ def test_two_ranks_cross_epochs_with_uneven_shards(tiny_model: Path, tmp_path: P
         "checkpoints": {"uri": f"file://{tmp_path}/ckpt", "saveSteps": 1000},
         "output": {"uri": f"file://{tmp_path}/out"},
     }
-    from finetune_operator.api.types import FineTuneJobSpec
+    from finetune_api.types import FineTuneJobSpec
     from finetune_trainer.data import Source, count_units, rank_examples
 
     source = Source(FineTuneJobSpec.model_validate(spec))

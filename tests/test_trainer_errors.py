@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.constants import ExitCode
+from finetune_api.exits import ExitCode
 from trainer_support import MRPC, TRAINER, job_env
 
 MRPC_COLUMNS = "Quality, #1 ID, #2 ID, #1 String, #2 String"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from finetune_operator.constants import Env
 from finetune_trainer.config import TrainerConfig, from_env
 from finetune_trainer.errors import PermanentError
 from finetune_trainer.launch import accelerate_command
@@ -22,14 +21,14 @@ def option(argv: list[str], name: str) -> str:
 
 def pod_env(**extra: str) -> dict[str, str]:
     env = {
-        Env.JOB_SPEC_FILE: str(EXAMPLE),
-        Env.JOB_NAME: "mrpc-bert",
-        Env.JOB_NAMESPACE: "ml",
-        Env.NUM_NODES: "2",
-        Env.NODE_RANK: "1",
-        Env.MASTER_ADDR: "mrpc-bert-node-0.mrpc-bert",
-        Env.MASTER_PORT: "29500",
-        Env.TERMINATION_LOG: "/dev/termination-log",
+        "FT_JOB_SPEC_FILE": str(EXAMPLE),
+        "FT_JOB_NAME": "mrpc-bert",
+        "FT_JOB_NAMESPACE": "ml",
+        "FT_NUM_NODES": "2",
+        "FT_NODE_RANK": "1",
+        "FT_MASTER_ADDR": "mrpc-bert-node-0.mrpc-bert",
+        "FT_MASTER_PORT": "29500",
+        "FT_TERMINATION_LOG": "/dev/termination-log",
     }
     env.update(extra)
     return {str(k): v for k, v in env.items()}
@@ -57,7 +56,7 @@ def test_multi_node_gpu_launch_command() -> None:
     assert option(argv, "--main_process_ip") == "mrpc-bert-node-0.mrpc-bert"
     assert option(argv, "--main_process_port") == "29500"
     assert argv[-2:] == ["-m", "finetune_trainer.worker"]
-    assert env[Env.TERMINATION_LOG] == "/dev/termination-log"
+    assert env["FT_TERMINATION_LOG"] == "/dev/termination-log"
     assert env["PATH"] == "/usr/bin"
     assert "CUDA_VISIBLE_DEVICES" not in env
 
@@ -68,14 +67,14 @@ def test_single_cpu_process_uses_the_simple_launcher() -> None:
         "dataset": {"uri": "file:///d.csv", "textColumns": ["t"]},
         "checkpoints": {"uri": "file:///c"},
     }
-    cfg = from_env({Env.JOB_SPEC: json.dumps(spec), Env.DEVICE: "cpu", Env.WORK_DIR: "/scratch"})
+    cfg = from_env({"FT_JOB_SPEC": json.dumps(spec), "FT_DEVICE": "cpu", "FT_WORK_DIR": "/scratch"})
     argv, env = accelerate_command(cfg, {})
     assert "--multi_gpu" not in argv
     assert "--cpu" in argv
     assert option(argv, "--num_processes") == "1"
     assert env["CUDA_VISIBLE_DEVICES"] == ""
     # Threads per process follow the contract, not the host's core count.
-    cfg = from_env({Env.JOB_SPEC: json.dumps(spec), Env.CPU_THREADS: "3"})
+    cfg = from_env({"FT_JOB_SPEC": json.dumps(spec), "FT_CPU_THREADS": "3"})
     argv, env = accelerate_command(cfg, {})
     assert option(argv, "--num_cpu_threads_per_process") == "3"
     assert env["OMP_NUM_THREADS"] == "3"
@@ -86,11 +85,11 @@ def test_single_cpu_process_uses_the_simple_launcher() -> None:
     ("env", "message"),
     [
         ({}, "set FT_JOB_SPEC (JSON) or FT_JOB_SPEC_FILE (a file path)"),
-        ({Env.JOB_SPEC_FILE: "/nonexistent/job.yaml"}, "FT_JOB_SPEC_FILE: cannot read"),
-        ({Env.JOB_SPEC: "{not json"}, "is not valid JSON or YAML"),
+        ({"FT_JOB_SPEC_FILE": "/nonexistent/job.yaml"}, "FT_JOB_SPEC_FILE: cannot read"),
+        ({"FT_JOB_SPEC": "{not json"}, "is not valid JSON or YAML"),
         (
             {
-                Env.JOB_SPEC: json.dumps(
+                "FT_JOB_SPEC": json.dumps(
                     {
                         "model": {"uri": "file:///m"},
                         "dataset": {"uri": "file:///d", "textColumns": ["t"]},
@@ -103,7 +102,7 @@ def test_single_cpu_process_uses_the_simple_launcher() -> None:
         ),
         (
             {
-                Env.JOB_SPEC: json.dumps(
+                "FT_JOB_SPEC": json.dumps(
                     {
                         "model": {"uri": "file:///m"},
                         "dataset": {"uri": "file:///d", "textColumns": ["t"]},
@@ -113,11 +112,11 @@ def test_single_cpu_process_uses_the_simple_launcher() -> None:
             "spec.checkpoints: Field required",
         ),
         (
-            {Env.JOB_SPEC_FILE: str(EXAMPLE), Env.NUM_NODES: "2", Env.NODE_RANK: "2"},
+            {"FT_JOB_SPEC_FILE": str(EXAMPLE), "FT_NUM_NODES": "2", "FT_NODE_RANK": "2"},
             "FT_NODE_RANK=2 must be below FT_NUM_NODES=2",
         ),
         (
-            {Env.JOB_SPEC_FILE: str(EXAMPLE), Env.MASTER_PORT: "http"},
+            {"FT_JOB_SPEC_FILE": str(EXAMPLE), "FT_MASTER_PORT": "http"},
             "FT_MASTER_PORT must be an integer",
         ),
     ],

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
-from . import constants as c
-from .api.types import FineTuneJobSpec
+from finetune_api import names as c
+from finetune_api.env import AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, HF_TOKEN, TrainerEnv
+from finetune_api.names import node_name
+from finetune_api.types import FineTuneJobSpec
 
 Gang = Literal["none", "coscheduling", "volcano"]
-PVC_MOUNT_ROOT = "/mnt/pvc"
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,6 @@ class Job:
             meta["uid"],
             FineTuneJobSpec.model_validate(obj["spec"]),
         )
-
-
-def node_name(job: str, index: int) -> str:
-    return f"{job}{c.NODE_NAME_INFIX}{index}"
 
 
 def master_address(job: Job) -> str:
@@ -125,38 +123,36 @@ def _pvc_claims(spec: FineTuneJobSpec) -> list[str]:
 
 def _env(job: Job, index: int, attempt: int, defaults: Defaults) -> list[dict[str, Any]]:
     spec = job.spec
-    values = {
-        c.Env.JOB_NAME: job.name,
-        c.Env.JOB_NAMESPACE: job.namespace,
-        c.Env.JOB_SPEC: json.dumps(spec.to_wire(), sort_keys=True),
-        c.Env.NUM_NODES: str(spec.resources.nodes),
-        c.Env.NODE_RANK: str(index),
-        c.Env.MASTER_ADDR: master_address(job),
-        c.Env.MASTER_PORT: str(defaults.master_port),
-        c.Env.PROCS_PER_NODE: str(spec.resources.gpus_per_node),
-        c.Env.ATTEMPT: str(attempt),
-        c.Env.METRICS_PORT: str(defaults.metrics_port),
-        c.Env.WORK_DIR: c.SCRATCH_PATH,
-        c.Env.TERMINATION_LOG: c.TERMINATION_LOG_PATH,
-        "HF_HOME": f"{c.SCRATCH_PATH}/huggingface",
-        "FT_PVC_ROOT": PVC_MOUNT_ROOT,
-    }
-    if spec.hub is not None and spec.hub.endpoint:
-        values[c.Env.HF_ENDPOINT] = spec.hub.endpoint
-    env: list[dict[str, Any]] = [{"name": str(k), "value": v} for k, v in values.items()]
+    contract = TrainerEnv(
+        job_name=job.name,
+        namespace=job.namespace,
+        job_spec=json.dumps(spec.to_wire(), sort_keys=True),
+        num_nodes=spec.resources.nodes,
+        node_rank=index,
+        master_addr=master_address(job),
+        master_port=defaults.master_port,
+        procs_per_node=spec.resources.gpus_per_node,
+        attempt=attempt,
+        metrics_port=defaults.metrics_port,
+        work_dir=Path(c.SCRATCH_PATH),
+        termination_log=Path(c.TERMINATION_LOG_PATH),
+        hf_home=Path(c.SCRATCH_PATH) / "huggingface",
+        hf_endpoint=spec.hub.endpoint if spec.hub is not None else None,
+    )
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in contract.to_env().items()]
     # Credentials only ever travel as references to their Secret.
-    refs: list[tuple[c.Env, str, str]] = []
+    refs: list[tuple[str, str, str]] = []
     secret = spec.s3.credentials_secret if spec.s3 else None
     if secret is not None:
         refs += [
-            (c.Env.AWS_ACCESS_KEY_ID, secret.name, secret.access_key_id_key),
-            (c.Env.AWS_SECRET_ACCESS_KEY, secret.name, secret.secret_access_key_key),
+            (AWS_ACCESS_KEY_ID, secret.name, secret.access_key_id_key),
+            (AWS_SECRET_ACCESS_KEY, secret.name, secret.secret_access_key_key),
         ]
     token = spec.hub.token_secret if spec.hub else None
     if token is not None:
-        refs.append((c.Env.HF_TOKEN, token.name, token.key))
+        refs.append((HF_TOKEN, token.name, token.key))
     env += [
-        {"name": str(var), "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+        {"name": var, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
         for var, name, key in refs
     ]
     return env
@@ -186,7 +182,7 @@ def _volumes(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str
     ]
     for i, claim in enumerate(_pvc_claims(spec)):
         volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim}})
-        mounts.append({"name": f"pvc-{i}", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}"})
+        mounts.append({"name": f"pvc-{i}", "mountPath": f"{c.PVC_MOUNT_ROOT}/{claim}"})
     return volumes, mounts
 
 
@@ -208,7 +204,7 @@ def pod(
         annotations[c.VOLCANO_GROUP_ANNOTATION] = job.name
     volumes, mounts = _volumes(spec)
     container: dict[str, Any] = {
-        "name": "trainer",
+        "name": c.CONTAINER_NAME,
         "image": spec.pod.image or defaults.image,
         "imagePullPolicy": spec.pod.image_pull_policy,
         "env": _env(job, index, attempt, defaults),

@@ -12,7 +12,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from . import constants as c
+from finetune_api import names as c
 
 
 class ClientError(Exception):

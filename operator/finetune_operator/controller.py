@@ -23,8 +23,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from . import constants as c
-from .builders import node_name
+from finetune_api import names as c
+from finetune_api.names import node_name
+
 from .kube import Kube
 from .progress import Reading, scrape
 from .reconcile import Settings, phase_of, reconcile

@@ -18,10 +18,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from . import constants as c
-from .api.cel import violations
-from .api.types import FineTuneJob
-from .api.validation import describe_validation_error
+from finetune_api import names as c
+from finetune_api.types import FineTuneJob
+from finetune_api.validation import describe_validation_error
+
+from .cel import violations
 
 # Hub model id -> (Python package, function returning the model folder).
 OFFLINE_MODELS = {

@@ -16,7 +16,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from . import constants as c
+from finetune_api import names as c
 
 log = logging.getLogger("finetune_operator")
 

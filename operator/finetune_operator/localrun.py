@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import constants as c
-from .api.types import FineTuneJob
+from finetune_api.env import TrainerEnv, without_gang
+from finetune_api.types import FineTuneJob
+
+from . import trainer_cli
 
 
 @dataclass(frozen=True)
@@ -38,41 +38,31 @@ class LocalRun:
     def env(self, base: Mapping[str, str], master_port: int) -> dict[str, str]:
         """The trainer's environment: the pod contract for one node of `procs` processes."""
         spec = self.job.spec
-        env = dict(base)
-        env.update(
-            {
-                c.Env.JOB_NAME: self.name,
-                c.Env.JOB_NAMESPACE: "local",
-                c.Env.JOB_SPEC: json.dumps(spec.to_wire(), sort_keys=True),
-                c.Env.NUM_NODES: "1",
-                c.Env.NODE_RANK: "0",
-                c.Env.MASTER_ADDR: "127.0.0.1",
-                c.Env.MASTER_PORT: str(master_port),
-                c.Env.PROCS_PER_NODE: str(self.procs),
-                c.Env.ATTEMPT: "1",
-                c.Env.METRICS_PORT: str(self.metrics_port),
-                c.Env.WORK_DIR: str(self.work_dir),
-                c.Env.TERMINATION_LOG: str(self.work_dir / "termination-log"),
-                c.Env.DEVICE: self.device,
-            }
-        )
-        if spec.hub is not None and spec.hub.endpoint:
-            # The token, if one is needed, is the user's own (HF_TOKEN or their login).
-            env[c.Env.HF_ENDPOINT] = spec.hub.endpoint
-        if all(
+        # Nothing needs the Hugging Face Hub: never wait on it.
+        offline = all(
             not u.startswith(("hf://", "http"))
             for u in (spec.model.uri, spec.dataset.uri, spec.checkpoints.uri)
-        ):
-            # Nothing needs the Hugging Face Hub: never wait on it.
-            env.setdefault("HF_HUB_OFFLINE", "1")
-        return env
-
-
-def has_trainer_stack() -> bool:
-    """torch, transformers and accelerate are importable (the `trainer` extra)."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) for m in ("torch", "transformers", "accelerate"))
+        )
+        contract = TrainerEnv(
+            job_name=self.name,
+            namespace="local",
+            job_spec=json.dumps(spec.to_wire(), sort_keys=True),
+            num_nodes=1,
+            node_rank=0,
+            master_addr="127.0.0.1",
+            master_port=master_port,
+            procs_per_node=self.procs,
+            attempt=1,
+            metrics_port=self.metrics_port,
+            work_dir=self.work_dir,
+            termination_log=self.work_dir / "termination-log",
+            device=self.device,
+            # The token, if one is needed, is the user's own (HF_TOKEN or their login).
+            hf_endpoint=spec.hub.endpoint if spec.hub is not None else None,
+            hf_hub_offline=offline,
+        )
+        # The user's own settings (HF_HOME, AWS_*, ...) stay; the gang's are ours.
+        return {**without_gang(base), **contract.to_env()}
 
 
 def free_port() -> int:
@@ -81,17 +71,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def trainer_command() -> list[str]:
-    found = shutil.which("finetune-trainer", path=str(Path(sys.executable).parent))
-    return [found] if found else [sys.executable, "-m", "finetune_trainer.launch"]
-
-
 def run(local: LocalRun, echo: Callable[[str], None]) -> int:
     """Run the trainer to its end, passing each output line to echo; its exit code."""
     local.work_dir.mkdir(parents=True, exist_ok=True)
     env = local.env(os.environ, free_port())
     proc = subprocess.Popen(
-        trainer_command(),
+        trainer_cli.command(),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

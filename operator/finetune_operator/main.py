@@ -20,7 +20,8 @@ import kopf
 from kubernetes import client, config
 from prometheus_client import generate_latest
 
-from . import constants as c
+from finetune_api import names as c
+
 from .builders import Defaults
 from .controller import Controller
 from .kube import Kube

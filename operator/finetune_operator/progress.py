@@ -12,16 +12,17 @@ from datetime import datetime
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .api.types import Progress
+from finetune_api.metrics import Metric as M
+from finetune_api.types import Progress
 
-FIELDS = {
-    "finetune_global_step": "step",
-    "finetune_total_steps": "total_steps",
-    "finetune_epoch": "epoch",
-    "finetune_train_loss": "loss",
-    "finetune_learning_rate": "learning_rate",
-    "finetune_samples_per_second": "samples_per_second",
-    "finetune_eta_seconds": "eta_seconds",
+FIELDS: dict[str, str] = {
+    M.GLOBAL_STEP: "step",
+    M.TOTAL_STEPS: "total_steps",
+    M.EPOCH: "epoch",
+    M.TRAIN_LOSS: "loss",
+    M.LEARNING_RATE: "learning_rate",
+    M.SAMPLES_PER_SECOND: "samples_per_second",
+    M.ETA_SECONDS: "eta_seconds",
 }
 INTEGER = {"step", "total_steps", "eta_seconds"}
 
@@ -42,9 +43,9 @@ def parse(text: str, now: datetime) -> Reading | None:
             if sample.name in FIELDS:
                 name = FIELDS[sample.name]
                 values[name] = int(sample.value) if name in INTEGER else round(sample.value, 6)
-            elif sample.name == "finetune_eval_metric":
+            elif sample.name == M.EVAL_METRIC:
                 evals[sample.labels["metric"]] = round(sample.value, 6)
-            elif sample.name == "finetune_last_checkpoint_step":
+            elif sample.name == M.LAST_CHECKPOINT_STEP:
                 checkpoint = int(sample.value) or None
     if not values.get("total_steps"):
         return None

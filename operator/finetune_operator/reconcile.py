@@ -19,15 +19,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import constants as c
-from .api.types import CheckpointRef, Condition, FineTuneJobStatus
+from finetune_api import names as c
+from finetune_api.checkpoints import checkpoint_uri
+from finetune_api.exits import ExitCode, parse_termination_message
+from finetune_api.names import ConditionStatus as S
+from finetune_api.names import ConditionType as T
+from finetune_api.names import Phase, Reason
+from finetune_api.types import CheckpointRef, Condition, FineTuneJobStatus
+
 from .builders import Defaults, Gang, Job, pod, pod_group, service
-from .constants import ConditionStatus as S
-from .constants import ConditionType as T
-from .constants import Phase, Reason
 from .progress import Reading
 
-TRAINER_CONTAINER = "trainer"
 FINISHED = (Phase.SUCCEEDED, Phase.FAILED)
 # Kubelet waiting reasons that need a person, and the reason the job reports.
 STUCK_WAITING = {
@@ -104,7 +106,7 @@ def phase_of(p: dict[str, Any]) -> str:
 
 def _trainer_state(p: dict[str, Any]) -> dict[str, Any]:
     for cs in p.get("status", {}).get("containerStatuses", []) or []:
-        if cs.get("name") == TRAINER_CONTAINER:
+        if cs.get("name") == c.CONTAINER_NAME:
             return dict(cs.get("state") or {})
     return {}
 
@@ -117,8 +119,8 @@ def exit_of(p: dict[str, Any]) -> tuple[int | None, str]:
         # Evicted or lost before the container ran: the pod says why.
         why = status.get("message") or status.get("reason") or "the pod failed"
         return None, str(why)
-    text = (term.get("message") or term.get("reason") or "").strip()
-    return int(term.get("exitCode", 1)), text.splitlines()[-1] if text else ""
+    _, reason = parse_termination_message(term.get("message") or term.get("reason") or "")
+    return int(term.get("exitCode", 1)), reason
 
 
 def unschedulable(p: dict[str, Any]) -> str | None:
@@ -401,7 +403,7 @@ class _Reconcile:
         what = f"pod {name} exited with code {code}" if code is not None else f"pod {name} failed"
         if why:
             what += f": {why}"
-        if code == c.ExitCode.PERMANENT:
+        if code == ExitCode.PERMANENT:
             self.finish(Phase.FAILED, Reason.TRAINER_ERROR, what)
             return
         self._retry(Reason.POD_FAILED, what)
@@ -439,9 +441,8 @@ class _Reconcile:
             self.st.progress = p  # else keep the time it last changed
         step = self.reading.checkpoint_step
         if step and (self.st.last_checkpoint is None or self.st.last_checkpoint.step != step):
-            base = self.spec.checkpoints.uri.rstrip("/")
             self.st.last_checkpoint = CheckpointRef(
-                uri=f"{base}/step-{step:09d}", step=step, time=self.now
+                uri=checkpoint_uri(self.spec.checkpoints.uri, step), step=step, time=self.now
             )
 
 

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Builds the local test control plane from upstream sources through the Go
 # module proxy: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
-# and kubectl, at the versions pinned in k8s/go.mod. Binaries are cached in a
-# git-ignored folder; a second run with the same pins reuses them.
+# and kubectl, at the versions pinned in k8s/go.mod. Binaries are cached outside
+# the checkout (tests/cache-dir.sh), keyed by the pins and this script; a second
+# run, or another clone, with the same inputs reuses them.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 version=$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' "$here/k8s/go.mod")
-out=${FT_CLUSTER_BIN:-$root/.cache/testcluster/$version/bin}
+key=$(cat "$here/k8s/go.mod" "$here/k8s/go.sum" "$0" | sha256sum | cut -c1-12)
+out=${FT_CLUSTER_BIN:-$(bash "$root/tests/cache-dir.sh")/testcluster/$version-$key/bin}
 cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd)
+# One build at a time per output (make and a pytest fixture may both ask).
+mkdir -p "$(dirname "$out")"
+exec 9>"$out.lock"
+flock 9
 
 missing=0
 for c in "${cmds[@]}"; do [ -x "$out/$c" ] || missing=1; done

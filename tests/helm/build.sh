@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Builds Helm from its Go module at a pinned version, for the chart tests. Cached in a
-# git-ignored folder like the control plane. Prints the path of the helm binary.
+# Builds Helm from its Go module at a pinned version, for the chart tests. Cached outside
+# the checkout like the control plane. Prints the path of the helm binary.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 version=v3.22.0
-out=${FT_HELM_BIN:-$root/.cache/helm/$version}
+out=${FT_HELM_BIN:-$(bash "$root/tests/cache-dir.sh")/helm/$version}
+# One build at a time per output (make and a pytest fixture may both ask).
+mkdir -p "$(dirname "$out")"
+exec 9>"$out.lock"
+flock 9
 if [ -x "$out/helm" ]; then
   echo "$out/helm"
   exit 0

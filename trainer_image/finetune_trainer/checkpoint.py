@@ -1,9 +1,10 @@
 """Checkpoints in S3 (or a volume): atomic commits, verified restores, retention.
 
-A checkpoint is a folder `step-NNNNNNNNN/` under the job's checkpoint URI.
-Its files are uploaded first; `manifest.json`, listing each file's size and
-SHA-256, is written last. A folder without a manifest is not a checkpoint:
-an upload killed half-way is never used. Restores verify every file and fall
+A checkpoint is a folder under the job's checkpoint URI, laid out as
+`finetune_api.checkpoints` says. Its files are uploaded first;
+`manifest.json`, listing each file's size and SHA-256, is written last. A
+folder without a manifest is not a checkpoint: an upload killed half-way is
+never used. Restores verify every file and fall
 back to the previous checkpoint when one is damaged. Old checkpoints are
 deleted (manifest first) only after a newer one is committed.
 
@@ -20,24 +21,19 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.api.types import S3Spec
+from finetune_api.checkpoints import MANIFEST, Committed, step_dir, step_of
+from finetune_api.types import S3Spec
 
 from .errors import RetryableError
 from .storage import S3Store, Store, open_store
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 FORMAT = 1
-
-
-def step_dir(step: int) -> str:
-    return f"step-{step:09d}"
 
 
 def sha256_file(path: Path) -> str:
@@ -46,17 +42,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class Committed:
-    step: int
-    folder: str
-    manifest: dict[str, Any]
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        return dict(self.manifest.get("metrics") or {})
 
 
 class DamagedCheckpoint(Exception):
@@ -85,7 +70,7 @@ class CheckpointStore:
         out = []
         for obj in self.store.list_objects():
             folder, _, name = obj.key.rpartition("/")
-            if name != MANIFEST or not folder.startswith("step-"):
+            if name != MANIFEST or step_of(folder) is None:
                 continue
             try:
                 manifest = json.loads(self.store.get_bytes(obj.key))
@@ -177,7 +162,7 @@ class CheckpointStore:
         stale = [
             o.key
             for o in self.store.list_objects()
-            if o.key.startswith("step-")
+            if step_of(o.key.split("/", 1)[0]) is not None
             and o.key.split("/", 1)[0] not in committed_folders
             and o.key.split("/", 1)[0] < newest.folder
         ]

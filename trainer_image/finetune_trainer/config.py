@@ -1,9 +1,9 @@
-"""The trainer's one configuration contract, parsed once at start.
+"""The trainer's configuration: the pod environment and the job spec it names.
 
 The operator hands each pod the FineTuneJob spec (FT_JOB_SPEC as JSON, or
 FT_JOB_SPEC_FILE naming a mounted YAML/JSON file) and the pod's place in the
-gang (FT_NUM_NODES, FT_NODE_RANK, ...). The spec is parsed with the same
-models the CRD is generated from. Names are in finetune_operator.constants.
+gang; `finetune_api.env.TrainerEnv` defines every variable. The spec is parsed
+with the same models the CRD is generated from.
 """
 
 from __future__ import annotations
@@ -11,46 +11,30 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from finetune_operator.api.types import FineTuneJobSpec
-from finetune_operator.api.validation import describe_validation_error
-from finetune_operator.constants import (
-    DEFAULT_MASTER_PORT,
-    METRICS_PORT,
-    TERMINATION_LOG_PATH,
-    Env,
-)
+from finetune_api.checkpoints import output_uri
+from finetune_api.env import EnvError, TrainerEnv
+from finetune_api.types import FineTuneJobSpec
+from finetune_api.validation import describe_validation_error
 
 from .errors import PermanentError, termination_log
 
-DEFAULT_SHARD_BYTES = 64 * 1024 * 1024
 
+@dataclass(frozen=True, kw_only=True)
+class TrainerConfig(TrainerEnv):
+    """The environment with the gaps filled from the spec, and the spec itself."""
 
-@dataclass(frozen=True)
-class TrainerConfig:
-    """Everything the trainer needs to know, read once from the environment."""
-
-    job_name: str
-    namespace: str
     spec: FineTuneJobSpec
     num_nodes: int = 1
-    node_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    master_port: int = DEFAULT_MASTER_PORT
     procs_per_node: int = 1
-    attempt: int = 1
-    metrics_port: int = METRICS_PORT
-    work_dir: Path = Path("/tmp/finetune")  # noqa: S108 - the pod's scratch volume
-    termination_log: Path = Path(TERMINATION_LOG_PATH)
-    device: str = "auto"
-    shard_bytes: int = DEFAULT_SHARD_BYTES
     cpu_threads: int = 1
+    termination_log: Path
 
     @property
     def checkpoint_uri(self) -> str:
@@ -58,39 +42,25 @@ class TrainerConfig:
 
     @property
     def output_uri(self) -> str:
-        if self.spec.output is not None:
-            return self.spec.output.uri.rstrip("/")
-        return f"{self.checkpoint_uri}/final"
+        return output_uri(self.checkpoint_uri, self.spec.output.uri if self.spec.output else None)
 
     @property
     def world_size(self) -> int:
         return self.num_nodes * self.procs_per_node
 
 
-def _int(env: Mapping[str, str], name: Env, default: int, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise PermanentError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise PermanentError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def _load_spec(env: Mapping[str, str]) -> dict[str, Any]:
-    if env.get(Env.JOB_SPEC):
-        source, text = Env.JOB_SPEC.value, env[Env.JOB_SPEC]
-    elif env.get(Env.JOB_SPEC_FILE):
-        source = env[Env.JOB_SPEC_FILE]
+def _load_spec(env: TrainerEnv) -> dict[str, Any]:
+    inline, path = TrainerEnv.variable("job_spec"), TrainerEnv.variable("job_spec_file")
+    if env.job_spec:
+        source, text = inline, env.job_spec
+    elif env.job_spec_file:
+        source = env.job_spec_file
         try:
             text = Path(source).read_text()
         except OSError as e:
-            raise PermanentError(f"{Env.JOB_SPEC_FILE}: cannot read {source}: {e}") from None
+            raise PermanentError(f"{path}: cannot read {source}: {e}") from None
     else:
-        raise PermanentError(f"set {Env.JOB_SPEC} (JSON) or {Env.JOB_SPEC_FILE} (a file path)")
+        raise PermanentError(f"set {inline} (JSON) or {path} (a file path)")
     try:
         doc = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
@@ -116,37 +86,44 @@ def available_cpus() -> int:
     return cpus
 
 
+def _at_least(field: str, value: int, minimum: int) -> int:
+    if value < minimum:
+        name = TrainerEnv.variable(field)
+        raise PermanentError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
 def from_env(env: Mapping[str, str] | None = None) -> TrainerConfig:
     """Parse the contract; a PermanentError names what is wrong."""
-    env = os.environ if env is None else env
-    raw = _load_spec(env)
+    try:
+        base = TrainerEnv.from_env(os.environ if env is None else env)
+    except EnvError as e:
+        raise PermanentError(str(e)) from None
+    raw = _load_spec(base)
     try:
         spec = FineTuneJobSpec.model_validate(raw)
     except ValidationError as e:
         raise PermanentError(describe_validation_error(e, "spec")) from None
-    num_nodes = _int(env, Env.NUM_NODES, spec.resources.nodes, 1)
-    node_rank = _int(env, Env.NODE_RANK, 0)
+    num_nodes = _at_least("num_nodes", base.num_nodes or spec.resources.nodes, 1)
+    node_rank = _at_least("node_rank", base.node_rank, 0)
     if node_rank >= num_nodes:
-        raise PermanentError(
-            f"{Env.NODE_RANK}={node_rank} must be below {Env.NUM_NODES}={num_nodes}"
-        )
-    work_dir = Path(env.get(Env.WORK_DIR, "/tmp/finetune"))  # noqa: S108 - pod scratch
-    procs_per_node = _int(env, Env.PROCS_PER_NODE, spec.resources.gpus_per_node, 1)
+        rank, nodes = TrainerEnv.variable("node_rank"), TrainerEnv.variable("num_nodes")
+        raise PermanentError(f"{rank}={node_rank} must be below {nodes}={num_nodes}")
+    procs = _at_least("procs_per_node", base.procs_per_node or spec.resources.gpus_per_node, 1)
+    for field, minimum in (("master_port", 1), ("attempt", 1), ("metrics_port", 0)):
+        _at_least(field, getattr(base, field), minimum)
+    _at_least("shard_bytes", base.shard_bytes, 1)
+    kept = {f.name: getattr(base, f.name) for f in fields(TrainerEnv)}
     return TrainerConfig(
-        job_name=env.get(Env.JOB_NAME, "finetune"),
-        namespace=env.get(Env.JOB_NAMESPACE, "default"),
-        spec=spec,
-        num_nodes=num_nodes,
-        node_rank=node_rank,
-        master_addr=env.get(Env.MASTER_ADDR, "127.0.0.1"),
-        master_port=_int(env, Env.MASTER_PORT, DEFAULT_MASTER_PORT, 1),
-        procs_per_node=procs_per_node,
-        attempt=_int(env, Env.ATTEMPT, 1, 1),
-        metrics_port=_int(env, Env.METRICS_PORT, METRICS_PORT, 0),
-        work_dir=work_dir,
-        # In a pod, Kubernetes' terminationMessagePath; elsewhere, the work dir.
-        termination_log=termination_log(env) or work_dir / "termination-log",
-        device=env.get(Env.DEVICE, "auto"),
-        shard_bytes=_int(env, Env.SHARD_BYTES, DEFAULT_SHARD_BYTES, 1),
-        cpu_threads=_int(env, Env.CPU_THREADS, max(1, available_cpus() // procs_per_node), 1),
+        **{
+            **kept,
+            "spec": spec,
+            "num_nodes": num_nodes,
+            "procs_per_node": procs,
+            # In a pod, Kubernetes' terminationMessagePath; elsewhere, the work dir.
+            "termination_log": termination_log(env) or base.work_dir / "termination-log",
+            "cpu_threads": _at_least(
+                "cpu_threads", base.cpu_threads or max(1, available_cpus() // procs), 1
+            ),
+        }
     )

@@ -49,7 +49,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from finetune_operator.api.types import DatasetSpec, FineTuneJobSpec
+from finetune_api.types import DatasetSpec, FineTuneJobSpec
 
 from .errors import PermanentError
 from .storage import HubStore, ObjectInfo, Store, chunk_lines, resolve_files

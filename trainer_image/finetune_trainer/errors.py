@@ -9,11 +9,12 @@ treated as retryable by the operator.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from finetune_operator.constants import TERMINATION_LOG_PATH, Env, ExitCode
+from finetune_api.env import TrainerEnv
+from finetune_api.exits import ExitCode, parse_termination_message, termination_message
+from finetune_api.names import TERMINATION_LOG_PATH
 
 
 class PermanentError(Exception):
@@ -31,9 +32,9 @@ class RetryableError(Exception):
 def termination_log(env: Mapping[str, str] | None = None) -> Path | None:
     """Where a failure's reason goes: FT_TERMINATION_LOG, else the file Kubernetes
     creates at terminationMessagePath in a pod; outside a pod, nowhere."""
-    env = os.environ if env is None else env
-    if env.get(Env.TERMINATION_LOG):
-        return Path(env[Env.TERMINATION_LOG])
+    configured: Path | None = TrainerEnv.read("termination_log", env)
+    if configured is not None:
+        return configured
     pod_file = Path(TERMINATION_LOG_PATH)
     return pod_file if pod_file.exists() else None
 
@@ -42,7 +43,6 @@ def record_failure(error: BaseException) -> int:
     """Write the one-line reason where Kubernetes (and the launcher) finds it."""
     code = int(getattr(error, "exit_code", ExitCode.RETRYABLE))
     text = str(error) if isinstance(error, PermanentError) else f"{type(error).__name__}: {error}"
-    line = (text.splitlines() or [""])[0][:1000]
     previous = recorded_failure()
     if previous and previous[0] == ExitCode.PERMANENT and code != ExitCode.PERMANENT:
         # Peers fail too once one rank stops; keep the root cause.
@@ -50,7 +50,7 @@ def record_failure(error: BaseException) -> int:
     path = termination_log()
     if path is not None:
         with contextlib.suppress(OSError):
-            path.write_text(f"{code} {line}\n")
+            path.write_text(termination_message(code, text))
     return code
 
 
@@ -63,5 +63,5 @@ def recorded_failure() -> tuple[int, str] | None:
         text = path.read_text().strip()
     except OSError:
         return None
-    code, _, reason = text.partition(" ")
-    return (int(code), reason) if code.isdigit() else None
+    code, reason = parse_termination_message(text)
+    return None if code is None else (code, reason)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from finetune_operator.api.types import FineTuneJobSpec
+from finetune_api.types import FineTuneJobSpec
 
 from .data import Example
 

@@ -17,12 +17,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 
-from finetune_operator.constants import Env, ExitCode
+from finetune_api.env import TrainerEnv, variables
+from finetune_api.exits import ExitCode
 
 from .config import TrainerConfig, from_env
-from .errors import PermanentError, record_failure, recorded_failure
+from .errors import PermanentError, RetryableError, record_failure, recorded_failure
 
 
 def accelerate_command(
@@ -59,7 +59,7 @@ def accelerate_command(
         "finetune_trainer.worker",
     ]
     out = dict(env)
-    out[Env.TERMINATION_LOG] = str(cfg.termination_log)
+    out[TrainerEnv.variable("termination_log")] = str(cfg.termination_log)
     out.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     out.setdefault("TOKENIZERS_PARALLELISM", "false")
     out.setdefault("PYTHONUNBUFFERED", "1")
@@ -69,24 +69,56 @@ def accelerate_command(
     return argv, out
 
 
-USAGE = """usage: finetune-trainer
+USAGE = """usage: finetune-trainer [checkpoints]
 
 Runs one node of a FineTuneJob: reads the job from the environment and starts
 `accelerate launch` with one training process per GPU (or CPU rank).
+`finetune-trainer checkpoints` instead prints the job's committed checkpoints,
+one JSON object a line (what `ftctl checkpoints` shows).
 
-Required: FT_JOB_SPEC (the spec as JSON) or FT_JOB_SPEC_FILE (a YAML/JSON file).
-The gang: FT_NUM_NODES, FT_NODE_RANK, FT_MASTER_ADDR, FT_MASTER_PORT,
-FT_PROCS_PER_NODE. Also FT_DEVICE, FT_WORK_DIR, FT_METRICS_PORT (9420),
-FT_CPU_THREADS; S3 credentials in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
-Exit codes: 0 done, 42 bad configuration or data (no retry helps), 75 or
+Environment (FT_JOB_SPEC or FT_JOB_SPEC_FILE is required):
+{variables}
+
+Exit codes: 0 done, {permanent} bad configuration or data (no retry helps), {retryable} or
 other: retryable. See docs/trainer.md."""
+
+
+def usage() -> str:
+    rows = [
+        f"  {name:<22} {doc}" + ("" if default is None else f" [{default}]")
+        for name, default, doc in variables()
+    ]
+    return USAGE.format(
+        variables="\n".join(rows),
+        permanent=int(ExitCode.PERMANENT),
+        retryable=int(ExitCode.RETRYABLE),
+    )
+
+
+def list_checkpoints() -> int:
+    """Print the job's committed checkpoints, oldest first; a failure is one line."""
+    from .checkpoint import CheckpointStore
+
+    try:
+        spec = from_env().spec
+        store = CheckpointStore(spec.checkpoints.uri, spec.s3)
+        store.store.check()
+        committed = store.committed()
+    except (PermanentError, RetryableError) as e:
+        print(f"finetune-trainer: {e}", file=sys.stderr)
+        return int(e.exit_code)
+    for ckpt in committed:
+        print(ckpt.to_json())
+    return int(ExitCode.SUCCESS)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        print(usage())
         return 0
+    if argv == ["checkpoints"]:
+        return list_checkpoints()
     if argv:
         print(
             f"finetune-trainer: unexpected arguments {' '.join(argv)}; the job comes from "
@@ -100,10 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"finetune-trainer: {e}", file=sys.stderr)
         return record_failure(e)
     command, env = accelerate_command(cfg, os.environ)
-    log_path = Path(env[Env.TERMINATION_LOG])
+    log_path = cfg.termination_log
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.write_text("")
-    os.environ[Env.TERMINATION_LOG] = str(log_path)
+    os.environ[TrainerEnv.variable("termination_log")] = str(log_path)
     child = subprocess.Popen(command, env=env)
 
     def forward(signum: int, _frame: object) -> None:

@@ -1,7 +1,8 @@
 """Prometheus metrics of a training pod (docs/metrics.md lists every one).
 
-Served by each node's first process on FT_METRICS_PORT (9420 by default).
-Every series carries the `finetunejob` and `namespace` labels; nothing else
+Served by each node's first process on FT_METRICS_PORT (9420 by default);
+the names are `finetune_api.metrics`. Every series carries the `finetunejob`
+and `namespace` labels; nothing else
 about the job (and never a credential) becomes a label.
 """
 
@@ -11,7 +12,9 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-LABELS = ("finetunejob", "namespace")
+from finetune_api.metrics import LABELS
+from finetune_api.metrics import Metric as M
+
 SAVE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -27,59 +30,57 @@ class TrainerMetrics:
         def counter(name: str, doc: str) -> Counter:
             return Counter(name, doc, LABELS, registry=r)
 
-        self.train_loss = gauge("finetune_train_loss", "Training loss of the last step.").labels(
+        self.train_loss = gauge(M.TRAIN_LOSS, "Training loss of the last step.").labels(*lv)
+        self.learning_rate = gauge(M.LEARNING_RATE, "Current learning rate.").labels(*lv)
+        self.global_step = gauge(M.GLOBAL_STEP, "Optimizer steps completed.").labels(*lv)
+        self.total_steps = gauge(M.TOTAL_STEPS, "Optimizer steps planned.").labels(*lv)
+        self.epoch = gauge(M.EPOCH, "Epochs completed (fractional).").labels(*lv)
+        self.samples_per_second = gauge(
+            M.SAMPLES_PER_SECOND, "Training samples per second over all ranks."
+        ).labels(*lv)
+        self.eta_seconds = gauge(M.ETA_SECONDS, "Estimated seconds left.").labels(*lv)
+        self.world_size = gauge(M.WORLD_SIZE, "Training processes in the job.").labels(*lv)
+        self.attempt = gauge(M.ATTEMPT, "Attempt number of this run.").labels(*lv)
+        self.last_checkpoint_step = gauge(
+            M.LAST_CHECKPOINT_STEP, "Step of the newest committed checkpoint."
+        ).labels(*lv)
+        self.samples = counter(M.TRAIN_SAMPLES, "Training samples consumed by all ranks.").labels(
             *lv
         )
-        self.learning_rate = gauge("finetune_learning_rate", "Current learning rate.").labels(*lv)
-        self.global_step = gauge("finetune_global_step", "Optimizer steps completed.").labels(*lv)
-        self.total_steps = gauge("finetune_total_steps", "Optimizer steps planned.").labels(*lv)
-        self.epoch = gauge("finetune_epoch", "Epochs completed (fractional).").labels(*lv)
-        self.samples_per_second = gauge(
-            "finetune_samples_per_second", "Training samples per second over all ranks."
-        ).labels(*lv)
-        self.eta_seconds = gauge("finetune_eta_seconds", "Estimated seconds left.").labels(*lv)
-        self.world_size = gauge("finetune_world_size", "Training processes in the job.").labels(*lv)
-        self.attempt = gauge("finetune_attempt", "Attempt number of this run.").labels(*lv)
-        self.last_checkpoint_step = gauge(
-            "finetune_last_checkpoint_step", "Step of the newest committed checkpoint."
-        ).labels(*lv)
-        self.samples = counter(
-            "finetune_train_samples", "Training samples consumed by all ranks."
-        ).labels(*lv)
         self.tokens = counter(
-            "finetune_train_tokens", "Training tokens (non-padding) consumed by all ranks."
+            M.TRAIN_TOKENS, "Training tokens (non-padding) consumed by all ranks."
         ).labels(*lv)
         self.data_wait = counter(
-            "finetune_data_wait_seconds", "Time this process waited for training data."
+            M.DATA_WAIT_SECONDS, "Time this process waited for training data."
         ).labels(*lv)
         self.eval_metric = Gauge(
-            "finetune_eval_metric", "Latest evaluation metrics.", (*LABELS, "metric"), registry=r
+            M.EVAL_METRIC, "Latest evaluation metrics.", (*LABELS, "metric"), registry=r
         )
         self.checkpoint_save_seconds = Histogram(
-            "finetune_checkpoint_save_seconds",
+            M.CHECKPOINT_SAVE_SECONDS,
             "Time training paused to snapshot a checkpoint locally.",
             LABELS,
             buckets=SAVE_BUCKETS,
             registry=r,
         ).labels(*lv)
         self.checkpoint_upload_seconds = Histogram(
-            "finetune_checkpoint_upload_seconds",
+            M.CHECKPOINT_UPLOAD_SECONDS,
             "Time to upload and commit a checkpoint (in the background).",
             LABELS,
             buckets=SAVE_BUCKETS,
             registry=r,
         ).labels(*lv)
-        self.checkpoint_bytes = counter(
-            "finetune_checkpoint_bytes", "Checkpoint bytes uploaded."
-        ).labels(*lv)
+        self.checkpoint_bytes = counter(M.CHECKPOINT_BYTES, "Checkpoint bytes uploaded.").labels(
+            *lv
+        )
         self.gpu_utilization = Gauge(
-            "finetune_gpu_utilization_ratio",
+            M.GPU_UTILIZATION,
             "GPU utilisation, 0 to 1.",
             (*LABELS, "gpu"),
             registry=r,
         )
         self.gpu_memory = Gauge(
-            "finetune_gpu_memory_used_bytes",
+            M.GPU_MEMORY_USED,
             "GPU memory allocated by training.",
             (*LABELS, "gpu"),
             registry=r,

@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.api.types import FineTuneJobSpec
+from finetune_api.types import FineTuneJobSpec
 
 from .errors import PermanentError
-from .storage import PVC_ROOT, open_store
+from .storage import open_store, pvc_root
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def fetch_model(spec: FineTuneJobSpec, work_dir: Path) -> str:
         return uri[len("file://") :]
     if uri.startswith("pvc://"):
         claim, _, path = uri[len("pvc://") :].partition("/")
-        return str(PVC_ROOT / claim / path)
+        return str(pvc_root() / claim / path)
     store = open_store(uri.rstrip("/"), spec.s3)
     store.check()
     files = store.list_objects()

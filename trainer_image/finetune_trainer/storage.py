@@ -1,18 +1,18 @@
 """Object storage behind every URI the trainer reads or writes.
 
-`https://HOST/FILE` is one file read with Range requests (read-only).
 `s3://BUCKET/KEY` goes through boto3 (s3transfer multipart uploads with
 concurrency, standard-mode retries, endpoint/region/path-style for
 S3-compatible stores; credentials only from the environment). `file:///PATH`
-and `pvc://CLAIM/PATH` (mounted at PVC_ROOT/CLAIM) are plain directories.
-Both offer the same small interface, so checkpoints and data do not care.
+and `pvc://CLAIM/PATH` (mounted at FT_PVC_ROOT/CLAIM) are plain directories.
+`https://HOST/FILE` (one file) and `hf://OWNER/NAME` (a Hub dataset) are read
+with Range requests and refuse writes. All implement `Store`, so checkpoints
+and data do not care which one they have; settings come from `TrainerEnv`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import io
-import os
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,11 +20,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
-from finetune_operator.api.types import S3Spec
+from finetune_api.env import TrainerEnv
+from finetune_api.types import S3Spec
 
 from .errors import PermanentError, RetryableError
 
-PVC_ROOT = Path(os.environ.get("FT_PVC_ROOT", "/mnt/pvc"))
+
+def pvc_root() -> Path:
+    """Where the pod mounts the claims of pvc:// URIs."""
+    root: Path = TrainerEnv.read("pvc_root")
+    return root
+
+
 GLOB_CHARS = "*?["
 
 
@@ -59,7 +66,7 @@ def split_glob(path: str) -> tuple[str, str | None]:
 
 
 class LocalStore:
-    """A directory: file:///PATH, or a PersistentVolumeClaim mounted under PVC_ROOT."""
+    """A directory: file:///PATH, or a PersistentVolumeClaim mounted under pvc_root()."""
 
     def __init__(self, uri: str, root: Path) -> None:
         self.uri = uri
@@ -143,9 +150,9 @@ class S3Store:
         config = Config(
             retries={
                 "mode": "standard",
-                "max_attempts": int(os.environ.get("FT_S3_ATTEMPTS", "5")),
+                "max_attempts": TrainerEnv.read("s3_attempts"),
             },
-            connect_timeout=float(os.environ.get("FT_S3_CONNECT_TIMEOUT", "10")),
+            connect_timeout=TrainerEnv.read("s3_connect_timeout"),
             read_timeout=60,
             s3={"addressing_style": "path" if settings.force_path_style else "auto"},
             max_pool_connections=32,
@@ -155,7 +162,7 @@ class S3Store:
         self.client: Any = boto3.session.Session().client(
             "s3",
             endpoint_url=settings.endpoint,
-            region_name=settings.region or os.environ.get("AWS_REGION") or "us-east-1",
+            region_name=settings.region or TrainerEnv.read("aws_region") or "us-east-1",
             config=config,
         )
         self.transfer = TransferConfig(
@@ -330,7 +337,7 @@ def open_store(uri: str, s3: S3Spec | None = None) -> Store:
         return LocalStore(uri, Path(uri[len("file://") :]))
     if uri.startswith("pvc://"):
         claim, _, path = uri[len("pvc://") :].partition("/")
-        return LocalStore(uri, PVC_ROOT / claim / path)
+        return LocalStore(uri, pvc_root() / claim / path)
     raise PermanentError(f"unsupported storage URI {uri!r}")
 
 
@@ -347,7 +354,7 @@ class HubStore(ReadOnlyStore):
         self.uri = f"hf://{repo_id}"
         self.repo_id = repo_id
         self.revision = revision or "main"
-        self.endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
+        self.endpoint = (TrainerEnv.read("hf_endpoint") or "").rstrip("/") or None
 
     def _call(self, what: str, fn: Any) -> Any:
         from huggingface_hub.errors import (
@@ -446,7 +453,7 @@ def resolve_files(uri: str, s3: S3Spec | None) -> tuple[Store, list[ObjectInfo]]
         store = LocalStore("file:///", Path("/"))
     elif uri.startswith("pvc://"):
         claim, _, path = uri[len("pvc://") :].partition("/")
-        store = LocalStore(f"pvc://{claim}", PVC_ROOT / claim)
+        store = LocalStore(f"pvc://{claim}", pvc_root() / claim)
     elif uri.startswith(("https://", "http://")):
         web = HttpStore(uri)
         return web, [o for o in web.list_objects() if o.size > 0]

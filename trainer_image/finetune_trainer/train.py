@@ -36,9 +36,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from finetune_operator.api.types import TrainingSpec
+from finetune_api.checkpoints import Committed, step_dir
+from finetune_api.env import TrainerEnv
+from finetune_api.types import TrainingSpec
 
-from .checkpoint import BackgroundUploader, CheckpointStore, Committed
+from .checkpoint import BackgroundUploader, CheckpointStore
 from .config import TrainerConfig
 from .data import (
     DataIndex,
@@ -172,7 +174,8 @@ class Run:
         t = self.spec.training
         use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise PermanentError("FT_DEVICE=cuda but no GPU is visible to the trainer")
+            device = TrainerEnv.variable("device")
+            raise PermanentError(f"{device}=cuda but no GPU is visible to the trainer")
         if not use_cuda:
             # Each process gets its share of the pod's CPUs, not all of them.
             torch.set_num_threads(cfg.cpu_threads)
@@ -221,7 +224,7 @@ class Run:
             if found is None and self.acc.is_local_main_process:
                 found = self.ckpt.restore(self.cfg.work_dir / "restore", step=chosen)
         if found is None:
-            folder = self.cfg.work_dir / "restore" / f"step-{chosen:09d}"
+            folder = self.cfg.work_dir / "restore" / step_dir(chosen)
             found = (Committed(chosen, folder.name, {}), folder)
         return found
 
@@ -528,7 +531,7 @@ class Run:
         state.world_size = self.world
         if self.is_main:
             began = time.monotonic()
-            local = self.cfg.work_dir / "snapshots" / f"step-{state.global_step:09d}"
+            local = self.cfg.work_dir / "snapshots" / step_dir(state.global_step)
             if local.exists():
                 shutil.rmtree(local)
             uploader.wait()

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import click
 
+from finetune_api.checkpoints import checkpoint_uri
+from finetune_api.types import FineTuneJobSpec
+
+from .. import trainer_cli
 from ..client import Jobs
 from .common import cluster_options
 
@@ -19,32 +23,22 @@ def checkpoints(jobs: Jobs, name: str) -> None:
     profile), as the aws CLI would. Only checkpoints whose manifest was written
     are listed: an upload cut short never counts.
     """
-    from ..api.types import FineTuneJobSpec
-
-    try:
-        from finetune_trainer.checkpoint import CheckpointStore
-        from finetune_trainer.errors import PermanentError, RetryableError
-    except ImportError:
-        raise click.ClickException(
-            "reading checkpoints needs the trainer extra: pip install 'finetune-operator[trainer]'"
-        ) from None
     spec = FineTuneJobSpec.model_validate(jobs.get(name)["spec"])
     try:
-        store = CheckpointStore(spec.checkpoints.uri, spec.s3)
-        store.store.check()
-        committed = store.committed()
-    except (PermanentError, RetryableError) as e:
+        committed = trainer_cli.committed_checkpoints(spec)
+    except trainer_cli.TrainerMissing as e:
+        raise click.ClickException(str(e)) from None
+    except trainer_cli.TrainerError as e:
         raise click.ClickException(f"cannot read {spec.checkpoints.uri}: {e}") from None
     if not committed:
         click.echo(f"No committed checkpoints under {spec.checkpoints.uri} yet.")
         return
     rows = [["STEP", "SIZE", "CREATED", "METRICS", "URI"]]
     for ckpt in committed:
-        size = sum(int(f.get("size", 0)) for f in ckpt.manifest.get("files", {}).values())
         metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(ckpt.metrics.items())) or "-"
         created = str(ckpt.manifest.get("created", ""))[:19].replace("T", " ")
-        uri = f"{spec.checkpoints.uri.rstrip('/')}/{ckpt.folder}"
-        rows.append([str(ckpt.step), _size(size), created, metrics, uri])
+        uri = checkpoint_uri(spec.checkpoints.uri, ckpt.step)
+        rows.append([str(ckpt.step), _size(ckpt.size), created, metrics, uri])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
-from ..builders import node_name
+from finetune_api import names as c
+from finetune_api.names import node_name
+
 from ..client import ClientError, Jobs, explain
 from .common import cluster_options
 
@@ -15,7 +17,11 @@ from .common import cluster_options
 def _stream(jobs: Jobs, pod: str, follow: bool, prefix: str) -> None:
     try:
         response: Any = jobs.cluster.core.read_namespaced_pod_log(
-            pod, jobs.cluster.namespace, container="trainer", follow=follow, _preload_content=False
+            pod,
+            jobs.cluster.namespace,
+            container=c.CONTAINER_NAME,
+            follow=follow,
+            _preload_content=False,
         )
         for raw in response.stream(decode_content=True):
             for line in raw.decode(errors="replace").splitlines():

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import click
 
-from .. import jobfile, localrun
+from finetune_api.checkpoints import output_uri
+
+from .. import jobfile, localrun, trainer_cli
 from .common import job_file_option
 
 
 def _summary(job: jobfile.LoadedJob) -> str | None:
     """The final evaluation, from the newest committed checkpoint."""
-    from finetune_trainer.checkpoint import CheckpointStore
-
-    spec = job.job.spec
-    committed = CheckpointStore(spec.checkpoints.uri, spec.s3).committed()
+    try:
+        committed = trainer_cli.committed_checkpoints(job.job.spec)
+    except trainer_cli.TrainerError:
+        return None
     if not committed:
         return None
     last = committed[-1]
@@ -78,10 +79,8 @@ def run(
         raise click.UsageError(
             "only --local is supported by `run`; use `kubectl apply -f` for a cluster"
         )
-    if importlib.util.find_spec("finetune_trainer") is None or not localrun.has_trainer_stack():
-        raise click.ClickException(
-            "a local run needs the trainer: pip install 'finetune-operator[trainer]'"
-        )
+    if not trainer_cli.available():
+        raise click.ClickException(f"a local run needs the trainer: {trainer_cli.INSTALL_HINT}")
     try:
         loaded = jobfile.load(path, local=True)
     except jobfile.JobFileError as e:
@@ -103,6 +102,6 @@ def run(
     if code != 0:
         raise click.ClickException(f"{loaded.name} failed (exit code {code}); its reason is above")
     summary = _summary(loaded)
-    output = spec.output.uri if spec.output else f"{spec.checkpoints.uri.rstrip('/')}/final"
+    output = output_uri(spec.checkpoints.uri, spec.output.uri if spec.output else None)
     click.echo(f"ftctl: {loaded.name} finished. Evaluation at {summary or 'n/a'}")
     click.echo(f"ftctl: model written to {output}")

@@ -6,7 +6,7 @@ from importlib.metadata import version as dist_version
 
 import click
 
-from .. import constants as c
+from finetune_api import names as c
 
 
 @click.command()

@@ -15,7 +15,7 @@ from typing import Any
 import celpy
 from celpy.adapter import json_to_cel
 
-from .crd import open_api_schema
+from finetune_api.crd import open_api_schema
 
 
 @functools.cache

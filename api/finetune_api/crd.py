@@ -1,6 +1,6 @@
 """Build the FineTuneJob CustomResourceDefinition from the API models.
 
-`python -m finetune_operator.api.crd --write` (what `make generate` runs)
+`python -m finetune_api.crd --write` (what `make generate` runs)
 writes every generated copy; `--check` fails when a copy has drifted from the
 models, which is what CI relies on.
 """
@@ -14,12 +14,13 @@ from typing import Any
 
 import yaml
 
-from .. import constants as c
+from finetune_api import names as c
+
 from .schema import assert_structural, object_schema
 from .types import NAME_RULE, FineTuneJobSpec, FineTuneJobStatus
 
 HEADER = (
-    "# Generated from operator/finetune_operator/api/types.py by `make generate`.\n"
+    "# Generated from api/finetune_api/types.py by `make generate`.\n"
     "# Do not edit by hand: a test fails when this file drifts from the models.\n"
 )
 

@@ -1,13 +1,15 @@
 """Names shared by the API, the operator, ftctl and the trainer.
 
 Everything that two components must spell the same way lives here: the API
-group and kind, condition types and reasons, label keys and the environment
-variables of the trainer contract. Import from here; never repeat a literal.
+group and kind, condition types and reasons, label keys, the training pod's
+container, paths and ports. The pod environment is in `env`, exit codes and
+the termination message in `exits`, the checkpoint layout in `checkpoints`
+and metric names in `metrics`. Import from here; never repeat a literal.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from typing import Final
 
 # --- API identity -----------------------------------------------------------
@@ -99,47 +101,15 @@ COSCHEDULING_LABEL: Final = "scheduling.x-k8s.io/pod-group"
 VOLCANO_GROUP_ANNOTATION: Final = "scheduling.k8s.io/group-name"
 
 
-# --- The trainer contract ------------------------------------------------------
-# What the operator puts into each training pod's environment, and what the
-# trainer reads. docs/trainer.md documents each one.
-class Env(StrEnum):
-    JOB_NAME = "FT_JOB_NAME"
-    JOB_NAMESPACE = "FT_JOB_NAMESPACE"
-    # The FineTuneJob spec as JSON, or a path to a YAML/JSON file holding it.
-    JOB_SPEC = "FT_JOB_SPEC"
-    JOB_SPEC_FILE = "FT_JOB_SPEC_FILE"
-    NUM_NODES = "FT_NUM_NODES"
-    NODE_RANK = "FT_NODE_RANK"
-    MASTER_ADDR = "FT_MASTER_ADDR"
-    MASTER_PORT = "FT_MASTER_PORT"
-    PROCS_PER_NODE = "FT_PROCS_PER_NODE"
-    ATTEMPT = "FT_ATTEMPT"
-    METRICS_PORT = "FT_METRICS_PORT"
-    WORK_DIR = "FT_WORK_DIR"
-    TERMINATION_LOG = "FT_TERMINATION_LOG"
-    # "cuda", "cpu" or "auto" (cuda when a GPU is visible).
-    DEVICE = "FT_DEVICE"
-    # CPU threads per training process (default: the pod's CPUs / processes).
-    CPU_THREADS = "FT_CPU_THREADS"
-    # Largest byte range of a data file that one shard covers.
-    SHARD_BYTES = "FT_SHARD_BYTES"
-    # S3 credentials, from the Secret named in spec.s3.credentialsSecret.
-    AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
-    AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"  # noqa: S105 - a variable name
-    HF_ENDPOINT = "HF_ENDPOINT"
-    HF_TOKEN = "HF_TOKEN"  # noqa: S105 - a variable name
-
-
+# --- The training pod -----------------------------------------------------------
+CONTAINER_NAME: Final = "trainer"
+# Where the pod mounts the PersistentVolumeClaims of pvc:// URIs (one folder per claim).
+PVC_MOUNT_ROOT: Final = "/mnt/pvc"
 METRICS_PORT: Final = 9420
 DEFAULT_MASTER_PORT: Final = 29500
 TERMINATION_LOG_PATH: Final = "/dev/termination-log"
 
 
-class ExitCode(IntEnum):
-    """How a trainer process ends; the operator decides on retries by it."""
-
-    SUCCESS = 0
-    # Configuration or data the trainer cannot use: retrying cannot help.
-    PERMANENT = 42
-    # Storage, network or peer failures: a new attempt may succeed.
-    RETRYABLE = 75
+def node_name(job: str, index: int) -> str:
+    """The pod (and hostname) of node `index` of a job."""
+    return f"{job}{NODE_NAME_INFIX}{index}"

@@ -16,15 +16,16 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from ..constants import (
+from .base import ApiModel, Rule, cel, immutable
+from .env import AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, HF_TOKEN
+from .k8s_types import Affinity, LocalObjectReference, Toleration
+from .names import (
     MAX_JOB_NAME_LENGTH,
     MAX_NODES,
     ConditionStatus,
     ConditionType,
     Phase,
 )
-from .base import ApiModel, Rule, cel, immutable
-from .k8s_types import Affinity, LocalObjectReference, Toleration
 
 URI_MAX = 2048
 NAME_MAX = 253
@@ -435,12 +436,12 @@ class SecretKeys(ApiModel):
         max_length=NAME_MAX, description="Name of the Secret, in the job's namespace."
     )
     access_key_id_key: str = Field(
-        default="AWS_ACCESS_KEY_ID",
+        default=AWS_ACCESS_KEY_ID,
         max_length=NAME_MAX,
         description="Key of the access key ID in the Secret.",
     )
     secret_access_key_key: str = Field(
-        default="AWS_SECRET_ACCESS_KEY",
+        default=AWS_SECRET_ACCESS_KEY,
         max_length=NAME_MAX,
         description="Key of the secret access key in the Secret.",
     )
@@ -514,7 +515,7 @@ class TokenSecret(ApiModel):
         max_length=NAME_MAX, description="Name of the Secret, in the job's namespace."
     )
     key: str = Field(
-        default="HF_TOKEN", max_length=NAME_MAX, description="Key of the token in the Secret."
+        default=HF_TOKEN, max_length=NAME_MAX, description="Key of the token in the Secret."
     )
 
 
