@@ -13,6 +13,9 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from finetune_api import names as c
+from finetune_api.types import FineTuneJob
+
+from .resources import FineTuneJobs
 
 
 class ClientError(Exception):
@@ -24,10 +27,6 @@ class Cluster:
     api: client.ApiClient
     namespace: str
     server: str
-
-    @property
-    def custom(self) -> client.CustomObjectsApi:
-        return client.CustomObjectsApi(self.api)
 
     @property
     def core(self) -> client.CoreV1Api:
@@ -106,6 +105,7 @@ class Jobs:
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
+        self.api = FineTuneJobs(cluster.api)
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -115,78 +115,30 @@ class Jobs:
 
     def create(self, body: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
         name = body["metadata"].get("name") or body["metadata"].get("generateName", "")
-        kwargs = {"dry_run": "All"} if dry_run else {}
-        out: dict[str, Any] = self._call(
-            f'FineTuneJob "{name}"',
-            self.cluster.custom.create_namespaced_custom_object,
-            c.GROUP,
-            c.VERSION,
-            self.cluster.namespace,
-            c.PLURAL,
-            body,
-            **kwargs,
-        )
-        return out
+        return self._job_call(name, self.api.create, self.cluster.namespace, body, dry_run)
 
     def get(self, name: str) -> dict[str, Any]:
-        out: dict[str, Any] = self._call(
-            f'FineTuneJob "{name}"',
-            self.cluster.custom.get_namespaced_custom_object,
-            c.GROUP,
-            c.VERSION,
-            self.cluster.namespace,
-            c.PLURAL,
-            name,
-        )
-        return out
+        return self._job_call(name, self.api.get, self.cluster.namespace, name)
+
+    def job(self, name: str) -> FineTuneJob:
+        """The job as the API model (what ftctl's views read)."""
+        return FineTuneJob.from_wire(self.get(name))
 
     def list_jobs(self, all_namespaces: bool = False) -> list[dict[str, Any]]:
-        if all_namespaces:
-            doc = self._call(
-                "FineTuneJobs",
-                self.cluster.custom.list_cluster_custom_object,
-                c.GROUP,
-                c.VERSION,
-                c.PLURAL,
-            )
-        else:
-            doc = self._call(
-                "FineTuneJobs",
-                self.cluster.custom.list_namespaced_custom_object,
-                c.GROUP,
-                c.VERSION,
-                self.cluster.namespace,
-                c.PLURAL,
-            )
-        return sorted(
-            doc.get("items", []),
-            key=lambda j: (j["metadata"]["namespace"], j["metadata"]["name"]),
-        )
+        namespace = None if all_namespaces else self.cluster.namespace
+        items: list[dict[str, Any]] = self._call("FineTuneJobs", self.api.list, namespace)
+        return sorted(items, key=lambda j: (j["metadata"]["namespace"], j["metadata"]["name"]))
 
     def delete(self, name: str) -> None:
-        self._call(
-            f'FineTuneJob "{name}"',
-            self.cluster.custom.delete_namespaced_custom_object,
-            c.GROUP,
-            c.VERSION,
-            self.cluster.namespace,
-            c.PLURAL,
-            name,
-            body=client.V1DeleteOptions(propagation_policy="Background"),
-        )
+        self._job_call(name, self.api.delete, self.cluster.namespace, name)
 
     def set_suspend(self, name: str, suspend: bool) -> dict[str, Any]:
-        out: dict[str, Any] = self._call(
-            f'FineTuneJob "{name}"',
-            self.cluster.custom.patch_namespaced_custom_object,
-            c.GROUP,
-            c.VERSION,
-            self.cluster.namespace,
-            c.PLURAL,
-            name,
-            {"spec": {"suspend": suspend}},
-        )
-        return out
+        patch = {"spec": {"suspend": suspend}}
+        return self._job_call(name, self.api.patch, self.cluster.namespace, name, patch)
+
+    def _job_call(self, name: str, fn: Any, *args: Any) -> dict[str, Any]:
+        out: dict[str, Any] | None = self._call(f'FineTuneJob "{name}"', fn, *args)
+        return out or {}
 
     def events(self, name: str) -> list[Any]:
         items = self._call(

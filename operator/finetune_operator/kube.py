@@ -18,6 +18,8 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_api import names as c
 
+from .resources import FineTuneJobs
+
 log = logging.getLogger("finetune_operator")
 
 
@@ -30,18 +32,13 @@ class Kube:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.jobs = FineTuneJobs(api)
 
     # --- jobs ------------------------------------------------------------------------
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return dict(
-                _json(
-                    self.custom.get_namespaced_custom_object(
-                        c.GROUP, c.VERSION, namespace, c.PLURAL, name, _preload_content=False
-                    )
-                )
-            )
+            return self.jobs.get(namespace, name)
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -50,50 +47,17 @@ class Kube:
     def list_jobs(self, namespaces: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """Every job, or those of the given namespaces."""
         if not namespaces:
-            doc = _json(
-                self.custom.list_cluster_custom_object(
-                    c.GROUP, c.VERSION, c.PLURAL, _preload_content=False
-                )
-            )
-            return list(doc.get("items", []))
-        items: list[dict[str, Any]] = []
-        for ns in namespaces:
-            doc = _json(
-                self.custom.list_namespaced_custom_object(
-                    c.GROUP, c.VERSION, ns, c.PLURAL, _preload_content=False
-                )
-            )
-            items += doc.get("items", [])
-        return items
+            return self.jobs.list()
+        return [job for ns in namespaces for job in self.jobs.list(ns)]
 
     def patch_status(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         meta = job["metadata"]
-        # A merge patch of the status subresource: the spec is untouched, so a
-        # user's concurrent edit of the spec cannot conflict with it or be lost.
-        self.custom.patch_namespaced_custom_object_status(
-            c.GROUP,
-            c.VERSION,
-            meta["namespace"],
-            c.PLURAL,
-            meta["name"],
-            {"status": status},
-            _preload_content=False,
-        )
+        self.jobs.patch_status(meta["namespace"], meta["name"], status)
 
     def delete_job(self, job: dict[str, Any]) -> None:
         meta = job["metadata"]
         try:
-            self.custom.delete_namespaced_custom_object(
-                c.GROUP,
-                c.VERSION,
-                meta["namespace"],
-                c.PLURAL,
-                meta["name"],
-                body=client.V1DeleteOptions(
-                    propagation_policy="Background", preconditions={"uid": meta["uid"]}
-                ),
-                _preload_content=False,
-            )
+            self.jobs.delete(meta["namespace"], meta["name"], uid=meta["uid"])
         except ApiException as e:
             if e.status not in (404, 409):
                 raise

@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from finetune_api.names import ConditionStatus, ConditionType, Phase
+from finetune_api.types import FineTuneJob, FineTuneJobSpec, FineTuneJobStatus, Progress
+
 
 def age(timestamp: str | None, now: datetime | None = None) -> str:
     if not timestamp:
@@ -17,33 +20,47 @@ def age(timestamp: str | None, now: datetime | None = None) -> str:
     return f"{max(seconds, 0)}s"
 
 
-def row(job: dict[str, Any], wide: bool = False, namespace: bool = False) -> list[str]:
-    spec, status = job.get("spec", {}), job.get("status") or {}
-    res = spec.get("resources", {})
-    progress = status.get("progress") or {}
-    step, total = progress.get("step"), progress.get("totalSteps")
-    loss = progress.get("loss")
+def _status(job: FineTuneJob) -> FineTuneJobStatus:
+    return job.status or FineTuneJobStatus()
+
+
+def phase(job: FineTuneJob) -> str:
+    return str(_status(job).phase or Phase.PENDING)
+
+
+def _created(job: FineTuneJob) -> str | None:
+    created = (job.metadata.model_extra or {}).get("creationTimestamp")
+    return str(created) if created else None
+
+
+def _shape(spec: FineTuneJobSpec) -> str:
+    return f"{spec.resources.nodes}x{spec.resources.gpus_per_node}"
+
+
+def row(job: FineTuneJob, wide: bool = False, namespace: bool = False) -> list[str]:
+    st = _status(job)
+    p = st.progress or Progress()
     cells = [
-        job["metadata"]["name"],
-        status.get("phase", "Pending"),
-        f"{res.get('nodes', 1)}x{res.get('gpusPerNode', 1)}",
-        f"{step}/{total}" if total else "-",
-        f"{loss:.4f}" if isinstance(loss, int | float) else "-",
-        age(job["metadata"].get("creationTimestamp")),
+        job.metadata.name or "",
+        phase(job),
+        _shape(job.spec),
+        f"{p.step}/{p.total_steps}" if p.total_steps else "-",
+        f"{p.loss:.4f}" if p.loss is not None else "-",
+        age(_created(job)),
     ]
     if namespace:
-        cells.insert(0, job["metadata"]["namespace"])
+        cells.insert(0, job.metadata.namespace or "")
     if wide:
-        eta = progress.get("etaSeconds")
+        eta = p.eta_seconds
         cells += [
-            str(status.get("restartCount", 0)),
-            f"{eta // 60}m{eta % 60:02d}s" if isinstance(eta, int) else "-",
-            spec.get("model", {}).get("uri", ""),
+            str(st.restart_count or 0),
+            f"{eta // 60}m{eta % 60:02d}s" if eta is not None else "-",
+            job.spec.model.uri,
         ]
     return cells
 
 
-def table(jobs: list[dict[str, Any]], wide: bool = False, namespace: bool = False) -> str:
+def table(jobs: list[FineTuneJob], wide: bool = False, namespace: bool = False) -> str:
     head = ["NAME", "PHASE", "NODESxGPUS", "STEP", "LOSS", "AGE"]
     if namespace:
         head.insert(0, "NAMESPACE")
@@ -56,47 +73,41 @@ def table(jobs: list[dict[str, Any]], wide: bool = False, namespace: bool = Fals
     )
 
 
-def describe(job: dict[str, Any], events: list[Any]) -> str:
-    meta, spec, status = job["metadata"], job.get("spec", {}), job.get("status") or {}
-    res, train = spec.get("resources", {}), spec.get("training", {})
+def _evals(p: Progress) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in sorted((p.eval_metrics or {}).items()))
+
+
+def describe(job: FineTuneJob, events: list[Any]) -> str:
+    spec, st = job.spec, _status(job)
+    res, train = spec.resources, spec.training
     lines = [
-        f"Name:         {meta['name']}",
-        f"Namespace:    {meta['namespace']}",
-        f"Phase:        {status.get('phase', 'Pending')}",
-        f"Model:        {spec.get('model', {}).get('uri', '')}",
-        f"Dataset:      {spec.get('dataset', {}).get('uri', '')}",
-        f"Resources:    {res.get('nodes', 1)} nodes x {res.get('gpusPerNode', 1)} "
-        f"{res.get('gpuResourceName', 'nvidia.com/gpu')}",
-        f"Training:     {train.get('numTrainEpochs', '')} epochs, "
-        f"lr {train.get('learningRate', '')}, "
-        f"batch {train.get('perDeviceTrainBatchSize', '')} per GPU",
-        f"Checkpoints:  {spec.get('checkpoints', {}).get('uri', '')}",
-        f"Attempt:      {status.get('attempt', '-')} (restarts: {status.get('restartCount', 0)}, "
-        f"backoffLimit: {spec.get('runPolicy', {}).get('backoffLimit', 3)})",
-        f"Suspended:    {str(spec.get('suspend', False)).lower()}",
+        f"Name:         {job.metadata.name}",
+        f"Namespace:    {job.metadata.namespace}",
+        f"Phase:        {phase(job)}",
+        f"Model:        {spec.model.uri}",
+        f"Dataset:      {spec.dataset.uri}",
+        f"Resources:    {res.nodes} nodes x {res.gpus_per_node} {res.gpu_resource_name}",
+        f"Training:     {train.num_train_epochs} epochs, lr {train.learning_rate}, "
+        f"batch {train.per_device_train_batch_size} per GPU",
+        f"Checkpoints:  {spec.checkpoints.uri}",
+        f"Attempt:      {st.attempt or '-'} (restarts: {st.restart_count or 0}, "
+        f"backoffLimit: {spec.run_policy.backoff_limit})",
+        f"Suspended:    {str(spec.suspend).lower()}",
     ]
-    progress = status.get("progress") or {}
-    if progress:
-        evals = ", ".join(
-            f"{k} {v:.4f}" for k, v in sorted((progress.get("evalMetrics") or {}).items())
-        )
+    p = st.progress
+    if p is not None:
+        evals = _evals(p)
         lines.append(
-            f"Progress:     step {progress.get('step')}/{progress.get('totalSteps')}, "
-            f"epoch {progress.get('epoch')}, loss {progress.get('loss')}"
+            f"Progress:     step {p.step}/{p.total_steps}, epoch {p.epoch}, loss {p.loss}"
             + (f", eval: {evals}" if evals else "")
         )
-    last = status.get("lastCheckpoint")
-    if last:
-        lines.append(f"Checkpoint:   step {last['step']} at {last['uri']}")
+    if st.last_checkpoint is not None:
+        lines.append(f"Checkpoint:   step {st.last_checkpoint.step} at {st.last_checkpoint.uri}")
     lines.append("Conditions:")
-    conds = status.get("conditions") or []
-    if not conds:
+    if not st.conditions:
         lines.append("  <none>")
-    for cond in conds:
-        lines.append(
-            f"  {cond['type']:<14} {cond['status']:<6} {cond.get('reason', ''):<22} "
-            f"{cond.get('message', '')}"
-        )
+    for cond in st.conditions or []:
+        lines.append(f"  {cond.type:<14} {cond.status:<6} {cond.reason:<22} {cond.message}")
     lines.append("Events:")
     if not events:
         lines.append("  <none>")
@@ -108,7 +119,7 @@ def describe(job: dict[str, Any], events: list[Any]) -> str:
 
 
 SPARKS = "▁▂▃▄▅▆▇█"
-FINISHED = ("Succeeded", "Failed")
+FINISHED = (Phase.SUCCEEDED, Phase.FAILED)
 
 
 def sparkline(values: list[float], width: int = 40) -> str:
@@ -129,48 +140,40 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def live(job: dict[str, Any], losses: list[float], width: int = 30) -> str:
+def live(job: FineTuneJob, losses: list[float], width: int = 30) -> str:
     """One frame of `ftctl watch`."""
-    meta, spec, status = job["metadata"], job.get("spec", {}), job.get("status") or {}
-    res = spec.get("resources", {})
-    phase = status.get("phase", "Pending")
+    st, shown = _status(job), phase(job)
+    res = job.spec.resources
     lines = [
-        f"{meta['name']}  {phase}  attempt {status.get('attempt', 1)}  "
-        f"{res.get('nodes', 1)}x{res.get('gpusPerNode', 1)} GPUs  "
-        f"restarts {status.get('restartCount', 0)}"
+        f"{job.metadata.name}  {shown}  attempt {st.attempt or 1}  "
+        f"{res.nodes}x{res.gpus_per_node} GPUs  restarts {st.restart_count or 0}"
     ]
-    p = status.get("progress") or {}
-    step, total = p.get("step") or 0, p.get("totalSteps") or 0
+    p = st.progress or Progress()
+    step, total = p.step or 0, p.total_steps or 0
     if total:
         done = min(1.0, step / total)
         filled = int(done * width)
-        eta = p.get("etaSeconds")
+        eta = p.eta_seconds
         lines.append(
             f"[{'█' * filled}{'░' * (width - filled)}] {done:4.0%}  step {step}/{total}"
-            f"  epoch {p.get('epoch', 0):.2f}"
-            + (f"  ETA {duration(eta)}" if isinstance(eta, int) and phase not in FINISHED else "")
+            f"  epoch {p.epoch or 0:.2f}"
+            + (f"  ETA {duration(eta)}" if eta is not None and shown not in FINISHED else "")
         )
-        loss = p.get("loss")
-        lr = p.get("learningRate")
-        speed = p.get("samplesPerSecond")
         lines.append(
-            (f"loss {loss:.4f}  " if isinstance(loss, int | float) else "")
+            (f"loss {p.loss:.4f}  " if p.loss is not None else "")
             + (f"{sparkline(losses)}  " if losses else "")
-            + (f"lr {lr:.2e}  " if isinstance(lr, int | float) else "")
-            + (f"{speed:.1f} samples/s" if isinstance(speed, int | float) else "")
+            + (f"lr {p.learning_rate:.2e}  " if p.learning_rate is not None else "")
+            + (f"{p.samples_per_second:.1f} samples/s" if p.samples_per_second is not None else "")
         )
-        evals = p.get("evalMetrics") or {}
-        if evals:
-            lines.append("eval: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(evals.items())))
+        if p.eval_metrics:
+            lines.append(
+                "eval: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(p.eval_metrics.items()))
+            )
     else:
         lines.append("waiting for the trainer to report progress")
-    last = status.get("lastCheckpoint")
-    if last:
-        lines.append(f"checkpoint: step {last['step']} at {last['uri']}")
-    for cond in status.get("conditions") or []:
-        if cond["status"] == "True" or cond["type"] == "Running":
-            lines.append(
-                f"{cond['type']}={cond['status']} ({cond.get('reason', '')}): "
-                f"{cond.get('message', '')}"
-            )
+    if st.last_checkpoint is not None:
+        lines.append(f"checkpoint: step {st.last_checkpoint.step} at {st.last_checkpoint.uri}")
+    for cond in st.conditions or []:
+        if cond.status == ConditionStatus.TRUE or cond.type == ConditionType.RUNNING:
+            lines.append(f"{cond.type}={cond.status} ({cond.reason}): {cond.message}")
     return "\n".join(lines)

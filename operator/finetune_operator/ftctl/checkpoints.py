@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from finetune_api.checkpoints import checkpoint_uri
-from finetune_api.types import FineTuneJobSpec
 
 from .. import trainer_cli
 from ..client import Jobs
@@ -23,7 +22,7 @@ def checkpoints(jobs: Jobs, name: str) -> None:
     profile), as the aws CLI would. Only checkpoints whose manifest was written
     are listed: an upload cut short never counts.
     """
-    spec = FineTuneJobSpec.model_validate(jobs.get(name)["spec"])
+    spec = jobs.job(name).spec
     try:
         committed = trainer_cli.committed_checkpoints(spec)
     except trainer_cli.TrainerMissing as e:

@@ -14,5 +14,4 @@ from .common import cluster_options
 @cluster_options
 def describe(jobs: Jobs, name: str) -> None:
     """Show one FineTuneJob in detail."""
-    job = jobs.get(name)
-    click.echo(views.describe(job, jobs.events(name)))
+    click.echo(views.describe(jobs.job(name), jobs.events(name)))

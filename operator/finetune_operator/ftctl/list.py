@@ -7,6 +7,8 @@ import json
 import click
 import yaml
 
+from finetune_api.types import FineTuneJob
+
 from .. import views
 from ..client import Jobs
 from .common import cluster_options
@@ -39,4 +41,5 @@ def list_(jobs: Jobs, all_namespaces: bool, output: str) -> None:
         where = "any namespace" if all_namespaces else f"namespace {jobs.cluster.namespace}"
         click.echo(f"No FineTuneJobs in {where}.")
     else:
-        click.echo(views.table(items, wide=output == "wide", namespace=all_namespaces))
+        typed = [FineTuneJob.from_wire(j) for j in items]
+        click.echo(views.table(typed, wide=output == "wide", namespace=all_namespaces))

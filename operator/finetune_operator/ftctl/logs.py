@@ -38,8 +38,7 @@ def _stream(jobs: Jobs, pod: str, follow: bool, prefix: str) -> None:
 @cluster_options
 def logs(jobs: Jobs, name: str, follow: bool, node: int, all_nodes: bool) -> None:
     """Print a job's trainer log (rank 0 by default)."""
-    job = jobs.get(name)
-    nodes = int(job["spec"].get("resources", {}).get("nodes", 1))
+    nodes = jobs.job(name).spec.resources.nodes
     if node >= nodes:
         raise click.BadParameter(f"{name} has {nodes} nodes (0..{nodes - 1})", param_hint="--node")
     if not all_nodes:

@@ -17,19 +17,19 @@ CLEAR = "\x1b[H\x1b[J"
 def follow(jobs: Jobs, name: str, interval: float, tty: bool) -> str:
     """Show the job until it succeeds or fails; its final phase."""
     losses: list[float] = []
-    last_step = None
+    last_step: int | None = None
     shown = ""
     while True:
-        job = jobs.get(name)
-        progress = (job.get("status") or {}).get("progress") or {}
-        if progress.get("step") != last_step and isinstance(progress.get("loss"), int | float):
-            losses.append(float(progress["loss"]))
-            last_step = progress.get("step")
+        job = jobs.job(name)
+        progress = job.status.progress if job.status else None
+        if progress is not None and progress.step != last_step and progress.loss is not None:
+            losses.append(progress.loss)
+            last_step = progress.step
         frame = views.live(job, losses)
         if frame != shown:
             click.echo(CLEAR + frame if tty else frame + "\n")
             shown = frame
-        phase = str((job.get("status") or {}).get("phase", "Pending"))
+        phase = views.phase(job)
         if phase in views.FINISHED:
             return phase
         time.sleep(interval)  # the refresh period of the view
@@ -38,7 +38,7 @@ def follow(jobs: Jobs, name: str, interval: float, tty: bool) -> str:
 def wait_for_end(jobs: Jobs, name: str, interval: float) -> str:
     """Poll quietly until the job succeeds or fails; its final phase."""
     while True:
-        phase = str((jobs.get(name).get("status") or {}).get("phase", "Pending"))
+        phase = views.phase(jobs.job(name))
         if phase in views.FINISHED:
             return phase
         time.sleep(interval)  # the polling period
