@@ -1,37 +1,16 @@
 """Streaming training data: plan, shard, read, resume.
 
-The training files are cut into *units*: line-aligned byte ranges of jsonl,
-csv and tsv files (a unit owns every line that starts inside its range) or
-row ranges of parquet files, each inside one row group (a rank keeps the row
-groups its open units need in memory, up to PARQUET_MEMORY). Each epoch the
-units are shuffled with the seed and each is dealt to the rank with the
-fewest examples so far, so every
-example belongs to exactly one rank and the ranks stay balanced. A file is
-cut into at least 16 units per rank, even for one rank. A rank keeps up to
-SLOTS of its units open at once (all of them for a small dataset; groups of
-even size otherwise) and draws each example from one of them by a seeded
-hash of the draw number, weighted by the examples each has left, so the open
-units run out together: a batch mixes far-apart parts of the data from the
-start of an epoch to its end, even in a file sorted by label. Each open unit
-is read in blocks of BLOCK records, shuffled with a seed derived from (seed,
-epoch, unit, block start).
-A block is one bounded ranged read sized from the unit's average record
-(another, twice as large, if that fell short), read to its end.
-
-The read position is the epoch, the next unit to open, the draw number and,
-for each open unit, its block start, the records taken from that block and the
-examples it has given. A
-resume seeks straight to those blocks and re-reads at most one block per open
-unit: its cost does not depend on how far training got.
-
-Ranks rarely hold exactly the same number of examples. step_allocations says
-how many each rank contributes to each optimizer step so that every step but
-an epoch's last has the full global batch, as a single process would.
-
-Before the first epoch, one streaming pass counts the usable examples of each
-unit (exact epochs, schedule and ETA) and collects an evalFraction hold-out;
-both are saved with every checkpoint, so a resume does not repeat the pass.
-Rows with an empty text are skipped, as the Hugging Face recipe filters them.
+Files are cut into *units* (line-aligned byte ranges of jsonl/csv/tsv, row
+ranges inside one parquet row group). Each epoch the units are shuffled with
+the seed and dealt to the ranks, balanced by example count. A rank reads up to
+SLOTS units at once in shuffled blocks of BLOCK records (one bounded ranged
+read each) and draws from them weighted by what each has left, so batches mix
+the whole file even when it is sorted by label. The read position (epoch, next
+unit, draw number, per open unit its block and offsets) is saved with each
+checkpoint: a resume re-reads at most one block per open unit, whatever the
+step. `step_allocations` gives every step but an epoch's last the full global
+batch. A first pass counts examples per unit and holds out evalFraction; rows
+with an empty text are skipped, as the Hugging Face recipe does.
 """
 
 from __future__ import annotations
