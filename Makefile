@@ -9,7 +9,8 @@ export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install generate check-generated lint format system-deps cluster-bin s3-bin helm-bin \
-        cluster-up cluster-down test test-slow bench-operator clean
+        cluster-up cluster-down node-deps node-bin node-up node-down test test-slow \
+        bench-operator clean
 
 help:
 	@echo "make test          install everything, lint, and run the test suite (what CI runs)"
@@ -17,7 +18,9 @@ help:
 	@echo "make generate      regenerate the CRD (manifests/, charts/) from the API models"
 	@echo "make lint          ruff and mypy --strict"
 	@echo "make cluster-up    start the local control plane; kubeconfig in .cache/cluster/"
-	@echo "make cluster-down  stop it"
+	@echo "make cluster-down  stop it (and its nodes)"
+	@echo "make node-up       start the control plane with two real nodes (kubelet, containerd)"
+	@echo "make node-down     remove the nodes: processes, mounts, namespaces, bridge, cgroups"
 	@echo "make bench-operator  200 FineTuneJobs at once against the local control plane"
 
 $(BIN)/python:
@@ -64,12 +67,30 @@ helm-bin:
 	bash tests/helm/build.sh
 
 cluster-up: $(STAMP) cluster-bin
+	$(BIN)/python tests/node/nodes.py down
 	$(BIN)/python tests/cluster/controlplane.py up
 
 cluster-down: $(STAMP)
+	$(BIN)/python tests/node/nodes.py down
 	$(BIN)/python tests/cluster/controlplane.py down
 
-test: $(STAMP) system-deps cluster-bin s3-bin helm-bin lint check-generated
+# Real worker nodes (kubelet, containerd, runc, bridge CNI, CoreDNS) joined to the
+# control plane of `make cluster-up`. Root only: they create a bridge, mounts and cgroups.
+node-deps:
+	@command -v containerd >/dev/null && command -v runc >/dev/null && [ -x /usr/lib/cni/bridge ] || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends containerd runc containernetworking-plugins >/dev/null; }
+
+node-bin:
+	bash tests/node/build.sh
+
+node-up: cluster-up node-deps node-bin
+	$(BIN)/python tests/node/nodes.py up
+
+node-down: $(STAMP)
+	$(BIN)/python tests/node/nodes.py down
+
+test: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin node-bin lint check-generated
 	$(BIN)/python -m pytest -m "not slow"
 
 test-slow: $(STAMP) system-deps cluster-bin s3-bin

@@ -143,7 +143,9 @@ def test_the_pod_environment_round_trips() -> None:
     written = env.to_env()
     assert written["FT_NUM_NODES"] == "2"
     assert written["HF_HUB_OFFLINE"] == "1"
-    assert "FT_MASTER_PORT" not in written  # the default: what the reader assumes
+    assert written["FT_NODE_RANK"] == "1"
+    assert written["FT_MASTER_PORT"] == "29500"  # the gang's place, stated in full
+    assert "FT_S3_ATTEMPTS" not in written  # a setting at its default is left to the user
     assert TrainerEnv.from_env(written) == env
 
 

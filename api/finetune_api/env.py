@@ -100,12 +100,13 @@ class TrainerEnv:
     TRUE: ClassVar = ("1", "true", "yes", "on")
 
     def to_env(self) -> dict[str, str]:
-        """The variables to set: those whose value differs from the default (which
-        is what the reader assumes when a variable is unset)."""
+        """The variables to set: every gang field that has a value (a pod states its
+        place in full), and each setting that differs from its default (so that a
+        user's own setting is not overwritten by a default)."""
         out: dict[str, str] = {}
         for f, _ in _fields():
             value = getattr(self, f.name)
-            if value != f.default:
+            if value is not None and (f.metadata["gang"] or value != f.default):
                 out[f.metadata["var"]] = _text(value)
         return out
 

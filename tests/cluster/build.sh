@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local test control plane from upstream sources through the Go
-# module proxy: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
-# and kubectl, at the versions pinned in k8s/go.mod. Binaries are cached outside
+# module proxy: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl, and the node's kubelet and kube-proxy, at the versions pinned in
+# k8s/go.mod. Binaries are cached outside
 # the checkout (tests/cache-dir.sh), keyed by the pins and this script; a second
 # run, or another clone, with the same inputs reuses them.
 set -euo pipefail
@@ -10,7 +11,7 @@ root=$(cd "$here/../.." && pwd)
 version=$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' "$here/k8s/go.mod")
 key=$(cat "$here/k8s/go.mod" "$here/k8s/go.sum" "$0" | sha256sum | cut -c1-12)
 out=${FT_CLUSTER_BIN:-$(bash "$root/tests/cache-dir.sh")/testcluster/$version-$key/bin}
-cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd)
+cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd)
 # One build at a time per output (make and a pytest fixture may both ask).
 mkdir -p "$(dirname "$out")"
 exec 9>"$out.lock"
@@ -40,7 +41,9 @@ GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$tmp/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler \
-  k8s.io/kubernetes/cmd/kubectl
+  k8s.io/kubernetes/cmd/kubectl \
+  k8s.io/kubernetes/cmd/kubelet \
+  k8s.io/kubernetes/cmd/kube-proxy
 GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
 rm -rf "$out"
 mv "$tmp" "$out"

@@ -37,6 +37,9 @@ BUILD = Path(__file__).resolve().parent / "build.sh"
 DEFAULT_DIR = ROOT / ".cache" / "cluster"
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+# Real worker nodes (tests/node/) may join under these names: each has a token as
+# system:node:<name> in system:nodes, so the Node authorizer applies to it.
+NODE_NAMES = ("ft-node-0", "ft-node-1")
 PIDS_FILE = "pids.json"
 
 
@@ -149,6 +152,18 @@ def make_pki(pki: Path) -> None:
         cwd=pki,
     )
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+    # The apiserver's client certificate towards kubelets (logs, exec): kubelets
+    # trust the CA and authorize it through the apiserver (system:masters).
+    _openssl(
+        "req", "-new", *ec, "-keyout", "kubelet-client.key", "-out", "kubelet-client.csr",
+        "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client",
+        cwd=pki,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", "kubelet-client.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "3650", "-out", "kubelet-client.crt",
+        cwd=pki,
+    )  # fmt: skip
 
 
 def kubeconfig(server: str, ca: Path, token: str, user: str) -> dict[str, object]:
@@ -234,10 +249,15 @@ class ControlPlane:
             "controller-manager": os.urandom(16).hex(),
             "scheduler": os.urandom(16).hex(),
         }
+        nodes = {name: os.urandom(16).hex() for name in NODE_NAMES}
         (pki / "tokens.csv").write_text(
             f'{tokens["admin"]},admin,admin,"system:masters"\n'
             f"{tokens['controller-manager']},system:kube-controller-manager,kcm\n"
             f"{tokens['scheduler']},system:kube-scheduler,scheduler\n"
+            + "".join(
+                f'{token},system:node:{name},{name},"system:nodes"\n'
+                for name, token in nodes.items()
+            )
         )
         etcd_port, peer_port, self.api_port = free_port(), free_port(), free_port()
 
@@ -283,7 +303,15 @@ class ControlPlane:
                 "--token-auth-file",
                 str(pki / "tokens.csv"),
                 "--authorization-mode",
-                "RBAC",
+                "Node,RBAC",
+                "--enable-admission-plugins",
+                "NodeRestriction",
+                "--kubelet-client-certificate",
+                str(pki / "kubelet-client.crt"),
+                "--kubelet-client-key",
+                str(pki / "kubelet-client.key"),
+                "--kubelet-preferred-address-types",
+                "InternalIP,Hostname",
                 "--service-account-issuer",
                 SERVICE_ACCOUNT_ISSUER,
                 "--service-account-key-file",
@@ -352,6 +380,10 @@ class ControlPlane:
             ],
         )
         self.kubeconfig_path.write_text(yaml.safe_dump(kubeconfig(self.server, ca, admin, "admin")))
+        for name, token in nodes.items():
+            (self.workdir / f"{name}.kubeconfig").write_text(
+                yaml.safe_dump(kubeconfig(self.server, ca, token, f"system:node:{name}"))
+            )
 
         def default_sa_exists() -> bool:
             self._check_alive()

@@ -1,0 +1,3 @@
+module finetune.dev/testbed/images
+
+go 1.24

@@ -1,0 +1,535 @@
+"""Real worker nodes joined to the local test control plane.
+
+Each node is a kubelet (built from the control plane's own module pin) with a
+containerd of its own (root, state, socket), runc, and the bridge CNI plugin
+(Debian's packages), its own kubelet root, pod-log folder, ports and cgroup
+root. All pods share one Linux bridge, so pods of both nodes talk over their pod
+IPs; CoreDNS, on the bridge's gateway address, serves cluster.local from the
+apiserver. Nodes join as system:node:<name> (Node authorizer), and advertise
+GPUs as an extended resource the way Kubernetes documents it (a node-status
+capacity patch): the pods are scheduled as on GPU nodes, and run on the CPU.
+
+Addresses exist only on the bridge this module creates: pods 10.213.0.0/16
+(node i allocates from 10.213.i+1.0/24), node addresses 10.212.0.10+i/32.
+
+    python tests/node/nodes.py up [--cluster DIR]     # make node-up
+    python tests/node/nodes.py down [--cluster DIR]   # make node-down
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "cluster"))
+sys.path.insert(0, str(HERE))
+
+from controlplane import DEFAULT_DIR, NODE_NAMES, binaries, wait_for  # noqa: E402
+from images import docker_archive  # noqa: E402
+
+BRIDGE = "ftbr0"
+GATEWAY = "10.213.0.1"
+POD_CIDR = "10.213.0.0/16"
+DNS_IP = GATEWAY
+PAUSE_IMAGE = "localhost/finetune-pause:1"
+PROBE_IMAGE = "localhost/finetune-probe:1"
+GPU_RESOURCE = "nvidia.com/gpu"
+STATE = "nodes.json"
+NETNS_DIR = "/run/netns"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+class NodeDied(AssertionError):
+    """A node process exited: ends any wait at once (wait_for lets assertions through)."""
+
+
+def node_bin() -> Path:
+    out = subprocess.run(
+        ["bash", str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, check=check, timeout=120)
+
+
+@dataclass
+class Node:
+    name: str
+    index: int
+    dir: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir)
+
+    @property
+    def ip(self) -> str:
+        return f"10.212.0.{10 + self.index}"
+
+    @property
+    def socket(self) -> Path:
+        return self.path / "containerd" / "containerd.sock"
+
+    @property
+    def kubelet_port(self) -> int:
+        return 10250 + 10 * self.index
+
+    @property
+    def cgroup(self) -> str:
+        return f"/{self.name}"
+
+    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return _run("ctr", "--address", str(self.socket), "-n", "k8s.io", *args, check=check)
+
+
+@dataclass
+class NodeSet:
+    """The nodes of one control plane, their processes and what they created."""
+
+    cluster_dir: Path
+    count: int = 2
+    gpus_per_node: int = 8
+    nodes: list[Node] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
+    netns_before: list[str] = field(default_factory=list)
+    netns_mounted_before: bool = True
+
+    @property
+    def workdir(self) -> Path:
+        return self.cluster_dir / "nodes"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.cluster_dir / "kubeconfig"
+
+    # --- up ------------------------------------------------------------------------------
+
+    def up(self, timeout: float = 120.0) -> NodeSet:
+        if self.count > len(NODE_NAMES):
+            raise ValueError(f"at most {len(NODE_NAMES)} nodes (the control plane's tokens)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.netns_before = sorted(_netns())
+        self.netns_mounted_before = NETNS_DIR in _mounts()
+        self.nodes = [
+            Node(name, i, str(self.workdir / name))
+            for i, name in enumerate(NODE_NAMES[: self.count])
+        ]
+        self._save()
+        tools = node_bin()
+        images = self._images(tools)
+        self._network()
+        self._coredns(tools)
+        for node in self.nodes:
+            self._containerd(node)
+        for node in self.nodes:
+            wait_for(lambda n=node: self._check_alive() or n.ctr("version").returncode == 0,
+                     timeout, f"containerd of {node.name}")  # fmt: skip
+            for archive in images:
+                node.ctr("images", "import", str(archive))
+            self._kubelet(node)
+        self._save()
+        for node in self.nodes:
+            wait_for(lambda n=node: self._ready(n.name), timeout, f"node {node.name} Ready")
+            self._advertise_gpus(node)
+        for node in self.nodes:
+            # The scheduler reads allocatable, which the kubelet derives at its next update.
+            wait_for(lambda n=node: self._allocatable_gpus(n.name) == self.gpus_per_node,
+                     timeout, f"GPUs allocatable on {node.name}")  # fmt: skip
+        return self
+
+    def _images(self, tools: Path) -> list[Path]:
+        out = self.workdir / "images"
+        return [
+            docker_archive(out / "pause.tar", PAUSE_IMAGE, {"pause": tools / "pause"}, ["/pause"]),
+            docker_archive(out / "probe.tar", PROBE_IMAGE, {"probe": tools / "probe"}, ["/probe"]),
+        ]
+
+    def _network(self) -> None:
+        if _run("ip", "link", "show", BRIDGE, check=False).returncode != 0:
+            _run("ip", "link", "add", BRIDGE, "type", "bridge")
+        _run("ip", "addr", "replace", f"{GATEWAY}/16", "dev", BRIDGE)
+        for node in self.nodes:
+            _run("ip", "addr", "replace", f"{node.ip}/32", "dev", BRIDGE)
+        _run("ip", "link", "set", BRIDGE, "up")
+
+    def _spawn(self, key: str, argv: list[str], log: Path) -> None:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        self.pids[key] = proc.pid
+
+    def _coredns(self, tools: Path) -> None:
+        corefile = self.workdir / "Corefile"
+        corefile.write_text(
+            f".:53 {{\n  bind {DNS_IP}\n  errors\n"
+            f"  kubernetes cluster.local in-addr.arpa ip6.arpa {{\n"
+            f"    kubeconfig {self.kubeconfig}\n    pods insecure\n"
+            "    fallthrough in-addr.arpa ip6.arpa\n  }\n  cache 5\n}\n"
+        )
+        self._spawn("coredns", [str(tools / "coredns"), "-conf", str(corefile)],
+                    self.workdir / "coredns.log")  # fmt: skip
+
+    def _containerd(self, node: Node) -> None:
+        base = node.path / "containerd"
+        (node.path / "net.d").mkdir(parents=True, exist_ok=True)
+        base.mkdir(parents=True, exist_ok=True)
+        (node.path / "net.d" / "10-finetune.conflist").write_text(
+            json.dumps(
+                {
+                    "cniVersion": "1.0.0",
+                    "name": "finetune-test",
+                    "plugins": [
+                        {
+                            "type": "bridge",
+                            "bridge": BRIDGE,
+                            "isGateway": True,
+                            "ipMasq": False,
+                            "hairpinMode": True,
+                            "ipam": {
+                                "type": "host-local",
+                                "dataDir": str(node.path / "ipam"),
+                                "ranges": [
+                                    [
+                                        {
+                                            "subnet": POD_CIDR,
+                                            "gateway": GATEWAY,
+                                            "rangeStart": f"10.213.{node.index + 1}.2",
+                                            "rangeEnd": f"10.213.{node.index + 1}.254",
+                                        }
+                                    ]
+                                ],
+                                "routes": [{"dst": "0.0.0.0/0"}],
+                            },
+                        }
+                    ],
+                },
+                indent=1,
+            )
+        )
+        config = base / "config.toml"
+        config.write_text(
+            f"""version = 2
+root = "{base / "root"}"
+state = "{base / "state"}"
+disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = "{node.socket}"
+[ttrpc]
+  address = "{node.socket}.ttrpc"
+[metrics]
+  address = ""
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  enable_selinux = false
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{node.path / "net.d"}"
+"""
+        )
+        self._spawn(f"containerd/{node.name}", ["containerd", "--config", str(config)],
+                    node.path / "containerd.log")  # fmt: skip
+
+    def _kubelet(self, node: Node) -> None:
+        for sub in _cgroup_subsystems():
+            (CGROUP_ROOT / sub / node.name).mkdir(exist_ok=True)
+        resolv = node.path / "resolv.conf"
+        resolv.write_text(f"nameserver {DNS_IP}\n")
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "address": node.ip,
+            "port": node.kubelet_port,
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": node.kubelet_port + 1,
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": True},
+                "x509": {"clientCAFile": str(self.cluster_dir / "pki" / "ca.crt")},
+            },
+            "authorization": {"mode": "Webhook"},
+            "cgroupDriver": "cgroupfs",
+            "cgroupRoot": node.cgroup,
+            "failSwapOn": False,
+            "failCgroupV1": False,
+            "containerRuntimeEndpoint": f"unix://{node.socket}",
+            "imageServiceEndpoint": f"unix://{node.socket}",
+            "clusterDNS": [DNS_IP],
+            "clusterDomain": "cluster.local",
+            "resolvConf": str(resolv),
+            "podLogsDir": str(node.path / "pod-logs"),
+            "makeIPTablesUtilChains": False,
+            "enforceNodeAllocatable": [],
+            "protectKernelDefaults": False,
+            "serializeImagePulls": False,
+            # A busy shared machine: evict only when truly out of room, and never
+            # collect the imported images (nothing could pull them back).
+            "evictionHard": {
+                "memory.available": "100Mi",
+                "nodefs.available": "1%",
+                "imagefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+            },
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "nodeStatusUpdateFrequency": "4s",
+            "syncFrequency": "10s",
+            "fileCheckFrequency": "10s",
+        }
+        path = node.path / "kubelet.yaml"
+        path.write_text(yaml.safe_dump(config))
+        kubelet = binaries() / "kubelet"
+        self._spawn(
+            f"kubelet/{node.name}",
+            [
+                str(kubelet),
+                "--config", str(path),
+                "--kubeconfig", str(self.cluster_dir / f"{node.name}.kubeconfig"),
+                "--root-dir", str(node.path / "kubelet"),
+                "--cert-dir", str(node.path / "kubelet-pki"),
+                "--hostname-override", node.name,
+                "--node-ip", node.ip,
+                "--node-labels", f"finetune.dev/test-node={node.name}",
+                "--v", "1",
+            ],
+            node.path / "kubelet.log",
+        )  # fmt: skip
+
+    def _kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return _run(str(binaries() / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args,
+                    check=check)  # fmt: skip
+
+    def _ready(self, name: str) -> bool:
+        self._check_alive()
+        got = self._kubectl(
+            "get", "node", name, "-o",
+            "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False,
+        )  # fmt: skip
+        return got.stdout.strip() == "True"
+
+    def _advertise_gpus(self, node: Node) -> None:
+        """What a device plugin would do on a GPU node: the documented status patch."""
+        patch = [
+            {
+                "op": "add",
+                "path": "/status/capacity/" + GPU_RESOURCE.replace("/", "~1"),
+                "value": str(self.gpus_per_node),
+            }
+        ]
+        self._kubectl("patch", "node", node.name, "--subresource", "status", "--type", "json",
+                      "-p", json.dumps(patch))  # fmt: skip
+
+    def _allocatable_gpus(self, name: str) -> int:
+        self._check_alive()
+        path = "{.status.allocatable." + GPU_RESOURCE.replace(".", "\\.") + "}"
+        got = self._kubectl("get", "node", name, "-o", f"jsonpath={path}", check=False)
+        return int(got.stdout.strip() or 0)
+
+    def _check_alive(self) -> None:
+        for key, pid in self.pids.items():
+            if not _alive(pid):
+                log = self._log_of(key)
+                tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+                raise NodeDied(f"{key} exited:\n{tail}")
+
+    def _log_of(self, key: str) -> Path:
+        if key == "coredns":
+            return self.workdir / "coredns.log"
+        kind, name = key.split("/")
+        return self.workdir / name / f"{kind}.log"
+
+    def _save(self) -> None:
+        state = {
+            "nodes": [asdict(n) for n in self.nodes],
+            "pids": self.pids,
+            "netns_before": self.netns_before,
+            "netns_mounted_before": self.netns_mounted_before,
+        }
+        (self.workdir / STATE).write_text(json.dumps(state, indent=1))
+
+    # --- down ----------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, cluster_dir: Path) -> NodeSet | None:
+        path = cluster_dir / "nodes" / STATE
+        if not path.exists():
+            return None
+        doc = json.loads(path.read_text())
+        return cls(
+            cluster_dir,
+            count=len(doc["nodes"]),
+            nodes=[Node(**n) for n in doc["nodes"]],
+            pids={k: int(v) for k, v in doc["pids"].items()},
+            netns_before=list(doc["netns_before"]),
+            netns_mounted_before=bool(doc["netns_mounted_before"]),
+        )
+
+    def down(self) -> None:
+        """Stop everything, then remove every process, mount, namespace, link, cgroup and
+        folder the nodes made, and the Node objects (a stopped node's object would
+        still attract pods, as no node-lifecycle controller runs here)."""
+        for node in self.nodes:
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                self._kubectl("delete", "node", node.name, "--ignore-not-found", "--wait=false",
+                              check=False)  # fmt: skip
+        for key in sorted(self.pids, key=lambda k: not k.startswith("kubelet")):
+            _stop(self.pids[key])
+        for node in self.nodes:
+            for sub in _cgroup_subsystems(unified=True):
+                _kill_cgroup(CGROUP_ROOT / sub / node.name)
+        # Shims outlive containerd; they are the node's by their socket address.
+        for pid, cmdline in _processes():
+            if "containerd-shim" in cmdline and str(self.workdir) in cmdline:
+                _stop(pid)
+        for mount in reversed(_mounts()):
+            if mount.startswith(str(self.workdir)) or mount.startswith(f"{NETNS_DIR}/cni-"):
+                if (
+                    mount.startswith(f"{NETNS_DIR}/")
+                    and mount.rsplit("/", 1)[-1] in self.netns_before
+                ):
+                    continue
+                _run("umount", "-l", mount, check=False)
+        for name in set(_netns()) - set(self.netns_before):
+            if name.startswith("cni-"):
+                _run("ip", "netns", "delete", name, check=False)
+        for node in self.nodes:
+            for sub in _cgroup_subsystems(unified=True):
+                _remove_cgroup(CGROUP_ROOT / sub / node.name)
+        if not self.netns_mounted_before and NETNS_DIR in _mounts():
+            _run("umount", NETNS_DIR, check=False)  # made shared by the first pod network
+        _run("ip", "link", "delete", BRIDGE, check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _cgroup_subsystems(unified: bool = False) -> list[str]:
+    """The cgroup v1 hierarchies (the kubelet wants its root in each), and with
+    `unified` the v2 one too (where it also leaves folders)."""
+    return sorted(
+        p.name for p in CGROUP_ROOT.iterdir() if p.is_dir() and (unified or p.name != "unified")
+    )
+
+
+def _kill_cgroup(path: Path) -> None:
+    if not path.exists():
+        return
+    for procs in path.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError):
+            for pid in procs.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+
+def _remove_cgroup(path: Path) -> None:
+    if not path.exists():
+        return
+    for sub in [
+        *sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)),
+        path,
+    ]:
+        # The kernel finishes a kill asynchronously: a cgroup empties a moment later.
+        with contextlib.suppress(TimeoutError, RuntimeError):
+            wait_for(lambda s=sub: _rmdir(s), 10, f"cgroup {sub} to empty", every=0.1)
+
+
+def _rmdir(path: Path) -> bool:
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        _kill_cgroup(path)
+        return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[-1][:1] != "Z"
+
+
+def _stop(pid: int, grace: float = 10.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError, RuntimeError):
+        wait_for(
+            lambda: not _alive(pid) or _reaped(pid), grace, f"process {pid} to exit", every=0.05
+        )
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _reaped(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    return False
+
+
+def _processes() -> list[tuple[int, str]]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                out.append((int(entry.name), cmd))
+    return out
+
+
+def _mounts() -> list[str]:
+    return [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+
+
+def _netns() -> set[str]:
+    path = Path(NETNS_DIR)
+    return {p.name for p in path.iterdir()} if path.exists() else set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Start or stop real nodes of the test cluster.")
+    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--cluster", type=Path, default=DEFAULT_DIR, help="control plane folder")
+    parser.add_argument("--nodes", type=int, default=2)
+    args = parser.parse_args(argv)
+    old = NodeSet.load(args.cluster)
+    if old is not None:
+        old.down()
+    if args.action == "up":
+        nodes = NodeSet(args.cluster, count=args.nodes).up()
+        for node in nodes.nodes:
+            print(f"{node.name:12} {node.ip}  kubelet :{node.kubelet_port}  {node.path}")
+        print(f"pods {POD_CIDR} on bridge {BRIDGE}, cluster DNS {DNS_IP}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""`make node-down` (NodeSet.down) removes everything the nodes made: processes,
+mounts, network namespaces, the bridge, cgroups. Its own module, so that no other
+node set is up meanwhile."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+from controlplane import wait_for
+
+from conftest import Cluster
+from node.nodes import NodeSet
+from node.pods import pod_of, probe_pod
+
+
+def test_node_down_leaves_nothing_behind(cluster: Cluster) -> None:
+    before = _host_state()
+    extra = NodeSet(cluster.plane.workdir, count=1).up()
+    ns = f"down-{uuid.uuid4().hex[:6]}"
+    cluster.core.create_namespace({"metadata": {"name": ns}})
+    cluster.core.create_namespaced_pod(
+        ns, probe_pod("sleeper", extra.nodes[0].name, ["sleep", "600"])
+    )
+    wait_for(lambda: pod_of(cluster, ns, "sleeper").status.phase == "Running", 90, "a pod to run")
+    assert _host_state() != before
+    extra.down()
+    assert _host_state() == before
+    cluster.core.delete_namespace(ns)
+
+
+def _host_state() -> dict[str, Any]:
+    links = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True)
+    netns = (
+        sorted(p.name for p in Path("/run/netns").iterdir()) if Path("/run/netns").exists() else []
+    )
+    mounts = sorted(
+        line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+        if "/nodes/" in line.split()[1] or line.split()[1].startswith("/run/netns")
+    )  # fmt: skip
+    procs = sorted(
+        p.name for p in Path("/proc").iterdir()
+        if p.name.isdigit() and any(
+            word in _cmdline(p) for word in ("kubelet", "containerd", "coredns", "probe ")
+        )
+    )  # fmt: skip
+    cgroups = sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/ft-node-*"))
+    return {
+        "links": sorted(x["ifname"] for x in json.loads(links.stdout)),
+        "netns": netns,
+        "mounts": mounts,
+        "procs": procs,
+        "cgroups": cgroups,
+    }
+
+
+def _cmdline(p: Path) -> str:
+    try:
+        return (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
