@@ -4,6 +4,7 @@ DNS names, and are held to their memory limits by the kernel."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 
@@ -105,3 +106,19 @@ def test_a_pod_over_its_memory_limit_is_oom_killed(
     done = wait_for(lambda: finished(cluster, namespace, "hog"), 120, "the hog pod to end")
     term = done.status.container_statuses[0].state.terminated
     assert (done.status.phase, term.reason, term.exit_code) == ("Failed", "OOMKilled", 137)
+
+
+def test_a_pod_reaches_the_apiserver_through_the_kubernetes_service(
+    cluster: Cluster, namespace: str, nodes: NodeSet
+) -> None:
+    """What a pod-hosted operator does: in-cluster credentials, the `kubernetes`
+    Service's ClusterIP (kube-proxy) and its DNS name."""
+    pod = probe_pod(
+        "incluster", nodes.nodes[1].name, ["api", "https://kubernetes.default.svc/version"]
+    )
+    pod["spec"]["automountServiceAccountToken"] = True
+    cluster.core.create_namespaced_pod(namespace, pod)
+    done = wait_for(lambda: finished(cluster, namespace, "incluster"), 90, "the pod to end")
+    log = cluster.core.read_namespaced_pod_log("incluster", namespace)
+    assert done.status.phase == "Succeeded", log
+    assert json.loads(log)["gitVersion"] == "v1.36.3"

@@ -54,7 +54,16 @@ def _host_state() -> dict[str, Any]:
         "mounts": mounts,
         "procs": procs,
         "cgroups": cgroups,
+        "iptables": _iptables(),
     }
+
+
+def _iptables() -> list[str]:
+    """Every rule and chain, without counters."""
+    out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    return sorted(
+        line.split(" [")[0] for line in out.splitlines() if not line.startswith(("#", "COMMIT"))
+    )
 
 
 def _cmdline(p: Path) -> str:

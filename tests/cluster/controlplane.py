@@ -40,6 +40,8 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # Real worker nodes (tests/node/) may join under these names: each has a token as
 # system:node:<name> in system:nodes, so the Node authorizer applies to it.
 NODE_NAMES = ("ft-node-0", "ft-node-1")
+# The gateway of the nodes' pod bridge: where pods find the host's services.
+POD_GATEWAY = "10.213.0.1"
 PIDS_FILE = "pids.json"
 
 
@@ -102,6 +104,7 @@ def make_pki(pki: Path) -> None:
         [
             "IP:127.0.0.1",
             "IP:10.96.0.1",
+            f"IP:{POD_GATEWAY}",
             "DNS:localhost",
             "DNS:kubernetes",
             "DNS:kubernetes.default",
@@ -288,10 +291,12 @@ class ControlPlane:
             [
                 "--etcd-servers",
                 f"http://127.0.0.1:{etcd_port}",
+                # Pods of the test nodes reach the apiserver through the kubernetes
+                # Service (kube-proxy) at the address of their bridge.
                 "--bind-address",
-                "127.0.0.1",
+                "0.0.0.0",  # noqa: S104 - it serves only with credentials
                 "--advertise-address",
-                "127.0.0.1",
+                POD_GATEWAY,
                 "--secure-port",
                 str(self.api_port),
                 "--tls-cert-file",

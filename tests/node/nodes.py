@@ -35,11 +35,18 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "cluster"))
 sys.path.insert(0, str(HERE))
 
-from controlplane import DEFAULT_DIR, NODE_NAMES, binaries, wait_for  # noqa: E402
+from controlplane import (  # noqa: E402
+    DEFAULT_DIR,
+    NODE_NAMES,
+    POD_GATEWAY,
+    binaries,
+    wait_for,
+)
+
 from images import docker_archive  # noqa: E402
 
 BRIDGE = "ftbr0"
-GATEWAY = "10.213.0.1"
+GATEWAY = POD_GATEWAY
 POD_CIDR = "10.213.0.0/16"
 DNS_IP = GATEWAY
 PAUSE_IMAGE = "localhost/finetune-pause:1"
@@ -132,6 +139,7 @@ class NodeSet:
         images = self._images(tools)
         self._network()
         self._coredns(tools)
+        self._kube_proxy()
         for node in self.nodes:
             self._containerd(node)
         for node in self.nodes:
@@ -183,6 +191,28 @@ class NodeSet:
         )
         self._spawn("coredns", [str(tools / "coredns"), "-conf", str(corefile)],
                     self.workdir / "coredns.log")  # fmt: skip
+
+    def _kube_proxy(self) -> None:
+        """One kube-proxy for the host: all nodes share its network namespace, so a
+        second one would only rewrite the same rules."""
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(self.kubeconfig)},
+            "hostnameOverride": NODE_NAMES[0],
+            "bindAddress": "127.0.0.1",
+            "healthzBindAddress": "127.0.0.1:0",
+            "metricsBindAddress": "127.0.0.1:0",
+            "clusterCIDR": POD_CIDR,
+            "mode": "iptables",
+            # Leave the host's conntrack sysctls alone (a container may not set them).
+            "conntrack": {"maxPerCore": 0, "min": 0},
+            "iptables": {"syncPeriod": "5s", "minSyncPeriod": "0s"},
+        }
+        path = self.workdir / "kube-proxy.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self._spawn("kube-proxy", [str(binaries() / "kube-proxy"), "--config", str(path)],
+                    self.workdir / "kube-proxy.log")  # fmt: skip
 
     def _containerd(self, node: Node) -> None:
         base = node.path / "containerd"
@@ -358,8 +388,8 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
                 raise NodeDied(f"{key} exited:\n{tail}")
 
     def _log_of(self, key: str) -> Path:
-        if key == "coredns":
-            return self.workdir / "coredns.log"
+        if key in ("coredns", "kube-proxy"):
+            return self.workdir / f"{key}.log"
         kind, name = key.split("/")
         return self.workdir / name / f"{kind}.log"
 
@@ -423,6 +453,8 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
         if not self.netns_mounted_before and NETNS_DIR in _mounts():
             _run("umount", NETNS_DIR, check=False)  # made shared by the first pod network
         _run("ip", "link", "delete", BRIDGE, check=False)
+        # kube-proxy's own cleanup removes its chains and rules.
+        _run(str(binaries() / "kube-proxy"), "--cleanup", check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

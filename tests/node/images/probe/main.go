@@ -4,11 +4,15 @@
 //	probe serve PORT         answer every HTTP request with the pod's hostname
 //	probe get URL [TRIES]    print the body of URL, retrying for up to TRIES seconds
 //	probe resolve NAME       print the addresses NAME resolves to (cluster DNS)
+//	probe api URL            GET URL from the apiserver with the pod's service-account
+//	                         token and CA (in-cluster credentials), print the body
 //	probe alloc MIB          touch MIB mebibytes of memory, then wait (to be OOM-killed)
 //	probe sleep SECONDS      wait
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -33,6 +37,8 @@ func main() {
 		fail(http.ListenAndServe(":"+arg, nil).Error())
 	case "get":
 		get(arg, number(os.Args, 3, 30))
+	case "api":
+		api(arg)
 	case "resolve":
 		addrs, err := net.LookupHost(arg)
 		if err != nil {
@@ -65,6 +71,34 @@ func get(url string, tries int) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+const serviceAccount = "/var/run/secrets/kubernetes.io/serviceaccount/"
+
+func api(url string) {
+	ca, err := os.ReadFile(serviceAccount + "ca.crt")
+	if err != nil {
+		fail(err.Error())
+	}
+	token, err := os.ReadFile(serviceAccount + "token")
+	if err != nil {
+		fail(err.Error())
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	c := &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+	}
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Authorization", "Bearer "+string(token))
+	resp, err := c.Do(req)
+	if err != nil {
+		fail(err.Error())
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	fmt.Print(string(body))
 }
 
 func alloc(mib int) {
