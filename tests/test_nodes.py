@@ -20,9 +20,9 @@ from node.pods import finished, pod_of, probe_pod
 def nodes(cluster: Cluster) -> Iterator[NodeSet]:
     # Module scope: the other modules' tests use registered Node objects without a
     # kubelet, and must not have their pods land here.
-    nodeset = NodeSet(cluster.plane.workdir).up()
+    nodeset = NodeSet(cluster.plane.workdir)
     try:
-        yield nodeset
+        yield nodeset.up()
     finally:
         nodeset.down()
 

@@ -19,15 +19,18 @@ from node.pods import pod_of, probe_pod
 
 def test_node_down_leaves_nothing_behind(cluster: Cluster) -> None:
     before = _host_state()
-    extra = NodeSet(cluster.plane.workdir, count=1).up()
-    ns = f"down-{uuid.uuid4().hex[:6]}"
-    cluster.core.create_namespace({"metadata": {"name": ns}})
-    cluster.core.create_namespaced_pod(
-        ns, probe_pod("sleeper", extra.nodes[0].name, ["sleep", "600"])
-    )
-    wait_for(lambda: pod_of(cluster, ns, "sleeper").status.phase == "Running", 90, "a pod to run")
-    assert _host_state() != before
-    extra.down()
+    extra = NodeSet(cluster.plane.workdir, count=1)
+    try:
+        extra.up()
+        ns = f"down-{uuid.uuid4().hex[:6]}"
+        cluster.core.create_namespace({"metadata": {"name": ns}})
+        cluster.core.create_namespaced_pod(
+            ns, probe_pod("sleeper", extra.nodes[0].name, ["sleep", "600"])
+        )
+        wait_for(lambda: pod_of(cluster, ns, "sleeper").status.phase == "Running", 90, "a pod")
+        assert _host_state() != before
+    finally:
+        extra.down()
     assert _host_state() == before
     cluster.core.delete_namespace(ns)
 

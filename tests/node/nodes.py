@@ -40,6 +40,7 @@ from controlplane import (  # noqa: E402
     NODE_NAMES,
     POD_GATEWAY,
     binaries,
+    free_port,
     wait_for,
 )
 
@@ -180,6 +181,7 @@ class NodeSet:
                 start_new_session=True,
             )  # fmt: skip
         self.pids[key] = proc.pid
+        self._save()  # so that `down` finds it, even if `up` fails later
 
     def _coredns(self, tools: Path) -> None:
         corefile = self.workdir / "Corefile"
@@ -201,8 +203,8 @@ class NodeSet:
             "clientConnection": {"kubeconfig": str(self.kubeconfig)},
             "hostnameOverride": NODE_NAMES[0],
             "bindAddress": "127.0.0.1",
-            "healthzBindAddress": "127.0.0.1:0",
-            "metricsBindAddress": "127.0.0.1:0",
+            "healthzBindAddress": f"127.0.0.1:{free_port()}",
+            "metricsBindAddress": f"127.0.0.1:{free_port()}",
             "clusterCIDR": POD_CIDR,
             "mode": "iptables",
             # Leave the host's conntrack sysctls alone (a container may not set them).
