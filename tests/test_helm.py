@@ -16,17 +16,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "finetune-operator"
 
 
-@pytest.fixture(scope="module")
-def helm() -> str:
-    built = subprocess.run(
-        ["bash", str(ROOT / "tests" / "helm" / "build.sh")],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return built.stdout.strip().splitlines()[-1]
-
-
 def render(helm: str, *sets: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     args = [helm, "template", "finetune-operator", str(CHART), "-n", "finetune-system"]
     for s in sets:

@@ -6,25 +6,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 
-import pytest
 from controlplane import wait_for
 
 from conftest import Cluster
 from node.nodes import GPU_RESOURCE, POD_CIDR, NodeSet
 from node.pods import finished, pod_of, probe_pod
-
-
-@pytest.fixture(scope="module")
-def nodes(cluster: Cluster) -> Iterator[NodeSet]:
-    # Module scope: the other modules' tests use registered Node objects without a
-    # kubelet, and must not have their pods land here.
-    nodeset = NodeSet(cluster.plane.workdir)
-    try:
-        yield nodeset.up()
-    finally:
-        nodeset.down()
 
 
 def test_two_nodes_join_and_advertise_gpus(cluster: Cluster, nodes: NodeSet) -> None:

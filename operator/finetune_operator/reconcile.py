@@ -36,6 +36,8 @@ STUCK_WAITING = {
     "ErrImagePull": Reason.IMAGE_PULL,
     "ImagePullBackOff": Reason.IMAGE_PULL,
     "InvalidImageName": Reason.IMAGE_PULL,
+    # imagePullPolicy Never and the image is not on the node.
+    "ErrImageNeverPull": Reason.IMAGE_PULL,
     "CreateContainerConfigError": Reason.CONTAINER_CONFIG,
     "CreateContainerError": Reason.CONTAINER_CONFIG,
 }

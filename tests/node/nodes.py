@@ -159,6 +159,13 @@ class NodeSet:
                      timeout, f"GPUs allocatable on {node.name}")  # fmt: skip
         return self
 
+    def load_image(self, archive: Path, name: str) -> None:
+        """Import a docker-archive into every node's containerd (skipped where the
+        node already lists the image)."""
+        for node in self.nodes:
+            if name not in node.ctr("images", "ls", "-q").stdout.split():
+                node.ctr("images", "import", str(archive))
+
     def _images(self, tools: Path) -> list[Path]:
         out = self.workdir / "images"
         return [
@@ -346,7 +353,7 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
                 "--cert-dir", str(node.path / "kubelet-pki"),
                 "--hostname-override", node.name,
                 "--node-ip", node.ip,
-                "--node-labels", f"finetune.dev/test-node={node.name}",
+                "--node-labels", f"finetune.dev/test-node={node.name},finetune.dev/test-bed=real",
                 "--v", "1",
             ],
             node.path / "kubelet.log",

@@ -1,0 +1,123 @@
+"""The operator as users run it: its image built from operator/Dockerfile, installed
+with `helm install` from the chart, running as a pod on a real node under the
+chart's ServiceAccount, reaching the apiserver through the kubernetes Service."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from controlplane import ROOT, wait_for
+from kubernetes import client
+
+from conftest import Cluster
+from finetune_api import names as c
+
+CHART = ROOT / "charts" / "finetune-operator"
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
+
+
+def build_image(which: str) -> tuple[Path, str]:
+    """tests/images/build.sh: the image from its Dockerfile (cached by its inputs)."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "tests" / "images" / "build.sh"), which],
+        check=True, stdout=subprocess.PIPE, text=True, timeout=1800,
+    )  # fmt: skip
+    archive, image = out.stdout.strip().splitlines()[-2:]
+    return Path(archive), image
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, nodes: Any, helm: str) -> Iterator[dict[str, str]]:
+    archive, image = build_image("operator")
+    nodes.load_image(archive, image)
+    ns = f"finetune-system-{uuid.uuid4().hex[:6]}"
+    cluster.core.create_namespace({"metadata": {"name": ns, "labels": RESTRICTED}})
+    repository, tag = image.rsplit(":", 1)
+    kubeconfig = str(cluster.plane.kubeconfig_path)
+    release = subprocess.run(
+        [
+            helm, "install", "finetune-operator", str(CHART), "--namespace", ns,
+            "--kubeconfig", kubeconfig, "--wait", "--timeout", "180s",
+            "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+            "--set", "image.pullPolicy=Never", "--set", "resyncSeconds=10",
+        ],
+        capture_output=True, text=True, check=False, timeout=240,
+    )  # fmt: skip
+    try:
+        assert release.returncode == 0, release.stdout + release.stderr
+        yield {"namespace": ns, "image": image}
+    finally:
+        subprocess.run(
+            [helm, "uninstall", "finetune-operator", "-n", ns, "--kubeconfig", kubeconfig],
+            capture_output=True, check=False, timeout=120,
+        )  # fmt: skip
+        cluster.core.delete_namespace(ns)
+
+
+def operator_pod(cluster: Cluster, ns: str) -> client.V1Pod:
+    pods = cluster.core.list_namespaced_pod(
+        ns, label_selector="app.kubernetes.io/name=finetune-operator"
+    )
+    assert len(pods.items) == 1
+    return pods.items[0]
+
+
+def test_the_operator_pod_runs_its_image_under_the_charts_account(
+    cluster: Cluster, operator: dict[str, str], nodes: Any
+) -> None:
+    pod = operator_pod(cluster, operator["namespace"])
+    assert pod.status.phase == "Running"
+    assert pod.spec.containers[0].image == operator["image"]
+    assert pod.spec.node_name in {n.name for n in nodes.nodes}
+    assert pod.spec.service_account_name == "finetune-operator"
+    ready = next(x for x in pod.status.conditions if x.type == "Ready")
+    assert ready.status == "True"  # its /readyz: the first resync against the API is done
+    # The account is the chart's least-privilege one, not an administrator.
+    sa = f"system:serviceaccount:{operator['namespace']}:finetune-operator"
+    for verb, what, allowed in (
+        ("create", ["pods"], "yes"),
+        ("patch", ["finetunejobs.finetune.dev", "--subresource=status"], "yes"),
+        ("get", ["secrets"], "no"),
+        ("delete", ["nodes"], "no"),
+    ):
+        got = cluster.kubectl("auth", "can-i", verb, *what, "--as", sa, "-A", check=False)
+        assert got.stdout.strip() == allowed, (verb, what, got.stdout, got.stderr)
+
+
+def test_a_job_whose_trainer_image_is_missing_says_so(
+    cluster: Cluster, namespace: str, operator: dict[str, str]
+) -> None:
+    job = {
+        "apiVersion": c.API_VERSION,
+        "kind": c.KIND,
+        "metadata": {"name": "noimage"},
+        "spec": {
+            "model": {"uri": "s3://models/m", "numLabels": 2},
+            "dataset": {"uri": "s3://data/d.csv", "textColumns": ["text"]},
+            "resources": {"nodes": 2, "gpusPerNode": 1},
+            "checkpoints": {"uri": "s3://ckpt/noimage"},
+            "pod": {"image": "localhost/finetune-trainer:absent", "imagePullPolicy": "Never"},
+        },
+    }
+    cluster.create_job(namespace, job)
+
+    def reported() -> dict[str, Any] | None:
+        status = cluster.get_job(namespace, "noimage").get("status") or {}
+        running = next((x for x in status.get("conditions", []) if x["type"] == "Running"), {})
+        return running if running.get("reason") == c.Reason.IMAGE_PULL else None
+
+    running = wait_for(reported, 120, "the job to report the missing image")
+    assert running["status"] == "False"
+    assert "localhost/finetune-trainer:absent" in running["message"]
+    pods = cluster.core.list_namespaced_pod(namespace, label_selector=f"{c.LABEL_JOB}=noimage")
+    assert {p.spec.node_name for p in pods.items} <= {"ft-node-0", "ft-node-1"}
+    # The operator's log, read through the kubelet of its node.
+    log = cluster.core.read_namespaced_pod_log(
+        operator_pod(cluster, operator["namespace"]).metadata.name, operator["namespace"]
+    )
+    assert "noimage" in log
