@@ -9,11 +9,12 @@ export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install generate check-generated lint format system-deps cluster-bin s3-bin helm-bin \
-        cluster-up cluster-down node-deps node-bin node-up node-down test test-slow \
+        cluster-up cluster-down node-deps node-bin node-up node-down test e2e test-slow \
         bench-operator clean
 
 help:
 	@echo "make test          install everything, lint, and run the test suite (what CI runs)"
+	@echo "make e2e           the end-to-end tests on real nodes (part of make test)"
 	@echo "make test-slow     the long end-to-end tests"
 	@echo "make generate      regenerate the CRD (manifests/, charts/) from the API models"
 	@echo "make lint          ruff and mypy --strict"
@@ -76,10 +77,14 @@ cluster-down: $(STAMP)
 
 # Real worker nodes (kubelet, containerd, runc, bridge CNI, CoreDNS) joined to the
 # control plane of `make cluster-up`. Root only: they create a bridge, mounts and cgroups.
+# buildah and debootstrap build the images from their Dockerfiles (tests/images/).
 node-deps:
-	@command -v containerd >/dev/null && command -v runc >/dev/null && [ -x /usr/lib/cni/bridge ] || { \
+	@command -v containerd >/dev/null && command -v runc >/dev/null && [ -x /usr/lib/cni/bridge ] \
+	  && command -v iptables >/dev/null && command -v buildah >/dev/null \
+	  && command -v debootstrap >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	  --no-install-recommends containerd runc containernetworking-plugins >/dev/null; }
+	  --no-install-recommends containerd runc containernetworking-plugins iptables \
+	  buildah debootstrap >/dev/null; }
 
 node-bin:
 	bash tests/node/build.sh
@@ -92,6 +97,11 @@ node-down: $(STAMP)
 
 test: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin node-bin lint check-generated
 	$(BIN)/python -m pytest -m "not slow"
+
+# The end-to-end tests alone: real nodes, images built from the Dockerfiles.
+e2e: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin node-bin
+	$(BIN)/python -m pytest -m "not slow" tests/test_nodes.py tests/test_nodes_cleanup.py \
+	  tests/test_e2e_operator.py
 
 test-slow: $(STAMP) system-deps cluster-bin s3-bin
 	$(BIN)/python -m pytest -m slow -s

@@ -31,7 +31,9 @@ def test_node_down_leaves_nothing_behind(cluster: Cluster) -> None:
         assert _host_state() != before
     finally:
         extra.down()
-    assert _host_state() == before
+    after = _host_state()
+    assert after == before
+    assert not [line for line in after["iptables"] if "KUBE-" in line]
     cluster.core.delete_namespace(ns)
 
 
@@ -62,11 +64,12 @@ def _host_state() -> dict[str, Any]:
 
 
 def _iptables() -> list[str]:
-    """Every rule and chain, without counters."""
-    out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
-    return sorted(
-        line.split(" [")[0] for line in out.splitlines() if not line.startswith(("#", "COMMIT"))
-    )
+    """Every rule and chain of IPv4 and IPv6, without counters."""
+    lines = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        out = subprocess.run([tool], capture_output=True, text=True, check=True).stdout
+        lines += [f"{tool}: {line.split(' [')[0]}" for line in out.splitlines()]
+    return sorted(line for line in lines if not line.split(": ", 1)[1].startswith(("#", "COMMIT")))
 
 
 def _cmdline(p: Path) -> str:

@@ -55,6 +55,7 @@ PROBE_IMAGE = "localhost/finetune-probe:1"
 GPU_RESOURCE = "nvidia.com/gpu"
 STATE = "nodes.json"
 NETNS_DIR = "/run/netns"
+KUBELET_CHAIN = "KUBE-FIREWALL"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -462,8 +463,15 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
         if not self.netns_mounted_before and NETNS_DIR in _mounts():
             _run("umount", NETNS_DIR, check=False)  # made shared by the first pod network
         _run("ip", "link", "delete", BRIDGE, check=False)
-        # kube-proxy's own cleanup removes its chains and rules.
+        # kube-proxy's own cleanup removes its chains and rules; the kubelet's
+        # localnet firewall chain goes by hand.
         _run(str(binaries() / "kube-proxy"), "--cleanup", check=False)
+        for tool in ("iptables", "ip6tables"):
+            for hook in ("INPUT", "OUTPUT"):
+                while _run(tool, "-D", hook, "-j", KUBELET_CHAIN, check=False).returncode == 0:
+                    pass
+            _run(tool, "-F", KUBELET_CHAIN, check=False)
+            _run(tool, "-X", KUBELET_CHAIN, check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
