@@ -12,6 +12,7 @@ huggingface_hub) read them themselves.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import types
 from collections.abc import Iterator, Mapping
@@ -124,14 +125,14 @@ class TrainerEnv:
     @staticmethod
     def variable(name: str) -> str:
         """The environment variable of a field."""
-        return str(next(f for f, _ in _fields() if f.name == name).metadata["var"])
+        return str(_field(name)[0].metadata["var"])
 
     @classmethod
     def read(cls, name: str, env: Mapping[str, str] | None = None) -> Any:
         """One field from the environment (its default when unset), leaving the others
         unread: for code that needs one setting, such as where failures are recorded."""
         env = os.environ if env is None else env
-        f, kind = next((f, kind) for f, kind in _fields() if f.name == name)
+        f, kind = _field(name)
         raw = env.get(f.metadata["var"], "")
         return f.default if raw == "" else _parse(f.metadata["var"], raw, kind)
 
@@ -153,13 +154,21 @@ def variables() -> Iterator[tuple[str, str | None, str]]:
     yield HF_TOKEN, None, "Hub token, from spec.hub.tokenSecret."
 
 
-def _fields() -> Iterator[tuple[dataclasses.Field[Any], type]]:
+@functools.cache
+def _fields() -> tuple[tuple[dataclasses.Field[Any], type], ...]:
+    """Each field with the type its variable parses to (Optional unwrapped)."""
     hints = get_type_hints(TrainerEnv)
+    out = []
     for f in dataclasses.fields(TrainerEnv):
         kind = hints[f.name]
         if get_origin(kind) in (Union, types.UnionType):
             kind = next(a for a in get_args(kind) if a is not type(None))
-        yield f, kind
+        out.append((f, kind))
+    return tuple(out)
+
+
+def _field(name: str) -> tuple[dataclasses.Field[Any], type]:
+    return next((f, kind) for f, kind in _fields() if f.name == name)
 
 
 def _text(value: Any) -> str:
