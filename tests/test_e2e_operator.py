@@ -121,3 +121,57 @@ def test_a_job_whose_trainer_image_is_missing_says_so(
         operator_pod(cluster, operator["namespace"]).metadata.name, operator["namespace"]
     )
     assert "noimage" in log
+
+
+@pytest.fixture(scope="module")
+def trainer_image(nodes: Any) -> str:
+    archive, image = build_image("trainer")
+    nodes.load_image(archive, image)  # once per machine: the nodes keep their images
+    return image
+
+
+def test_a_permanent_trainer_error_on_two_nodes_fails_the_job_with_its_reason(
+    cluster: Cluster, namespace: str, operator: dict[str, str], trainer_image: str
+) -> None:
+    """The trainer image on both nodes, as uid 1000 under the restricted standard: the
+    gang meets through the headless Service, the workers find no data files, the
+    trainer writes its termination message, and the operator fails the job with it."""
+    job = {
+        "apiVersion": c.API_VERSION,
+        "kind": c.KIND,
+        "metadata": {"name": "nomodel"},
+        "spec": {
+            "model": {"uri": "file:///models/absent", "numLabels": 2},
+            "dataset": {"uri": "file:///data/absent.csv", "textColumns": ["text"]},
+            "resources": {"nodes": 2, "gpusPerNode": 1},
+            "checkpoints": {"uri": "file:///scratch/checkpoints"},
+            "pod": {"image": trainer_image, "imagePullPolicy": "Never"},
+            "scheduling": {
+                "affinity": {
+                    "podAntiAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": [
+                            {
+                                "labelSelector": {"matchLabels": {c.LABEL_JOB: "nomodel"}},
+                                "topologyKey": "kubernetes.io/hostname",
+                            }
+                        ]
+                    }
+                }
+            },
+        },
+    }
+    cluster.create_job(namespace, job)
+
+    def ended() -> dict[str, Any] | None:
+        status = cluster.get_job(namespace, "nomodel").get("status") or {}
+        return status if status.get("phase") in ("Failed", "Succeeded") else None
+
+    status = wait_for(ended, 300, "the job to end")
+    failed = next(x for x in status["conditions"] if x["type"] == "Failed")
+    assert (status["phase"], failed["reason"]) == ("Failed", c.Reason.TRAINER_ERROR)
+    assert "exited with code 42: " in failed["message"]
+    assert "42: 42" not in failed["message"]  # the reason, not the message's own code
+    assert "spec.dataset.uri: no data files found at file:///data/absent.csv" in failed["message"]
+    pods = cluster.core.list_namespaced_pod(namespace, label_selector=f"{c.LABEL_JOB}=nomodel")
+    assert sorted(p.spec.node_name for p in pods.items) == ["ft-node-0", "ft-node-1"]
+    assert {p.spec.security_context.run_as_user for p in pods.items} == {1000}

@@ -8,8 +8,9 @@
 # PATH (what the public python image offers), made once with debootstrap from
 # the Debian mirror this machine's apt uses, and passed as BASE_IMAGE. A CA
 # bundle for a TLS-intercepting proxy reaches pip as a build secret, never a layer.
-# Images are keyed by a hash of their inputs (Dockerfile, pyproject, sources,
-# base); a second build with the same inputs does nothing.
+# Images are keyed by a hash of their inputs (Dockerfile, pyproject, README, the
+# copied trees, the base), the base by its recipe below; a second build with the
+# same inputs does nothing, and older builds are removed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -26,8 +27,9 @@ flock 9
 buildah() { command buildah --storage-driver overlay "$@"; }
 
 # --- the base ----------------------------------------------------------------------
-base_key=$(sha256sum "$0" | cut -c1-12)
-base=localhost/finetune-python:bookworm-$base_key
+# Change the recipe (and base_recipe with it) to make a new base.
+base_recipe="bookworm minbase python3 python3-venv ca-certificates venv=/usr/local/python"
+base=localhost/finetune-python:bookworm-$(echo "$base_recipe" | sha256sum | cut -c1-12)
 if ! buildah inspect --type image "$base" >/dev/null 2>&1; then
   mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
   [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list)
@@ -48,7 +50,7 @@ if ! buildah inspect --type image "$base" >/dev/null 2>&1; then
 fi
 
 # --- the image -----------------------------------------------------------------------
-key=$( (echo "$base"; cat "$0" "$root/$dockerfile" "$root/pyproject.toml" "$root/README.md";
+key=$( (echo "$base"; cat "$root/$dockerfile" "$root/pyproject.toml" "$root/README.md";
         find "${trees[@]/#/$root/}" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' | sort | xargs cat) \
       | sha256sum | cut -c1-12)
 image=localhost/finetune-$which:$key
@@ -59,12 +61,24 @@ if [ ! -s "$archive" ]; then
     ca=/etc/ssl/certs/ca-certificates.crt
     [ -f "$ca" ] && secret=(--secret "id=ca-certificates,src=$ca")
     echo "build.sh: building $image from $dockerfile" >&2
-    buildah bud --isolation chroot --network host --layers "${secret[@]}" \
-      --build-arg "BASE_IMAGE=$base" -f "$root/$dockerfile" -t "$image" "$root" >&2
+    # A chroot-isolated step now and then fails to seal its memfd ("Device or
+    # resource busy"); the finished layers are cached, so a second try is cheap.
+    for try in 1 2; do
+      buildah bud --isolation chroot --network host --layers "${secret[@]}" \
+        --build-arg "BASE_IMAGE=$base" -f "$root/$dockerfile" -t "$image" "$root" >&2 && break
+      [ "$try" = 2 ] && exit 1
+      echo "build.sh: retrying the build of $image" >&2
+    done
   fi
   rm -f "$cache/$which"-*.tar
   buildah push "$image" "docker-archive:$archive.partial:$image" >&2
   mv "$archive.partial" "$archive"
+  # Earlier builds of this image, and bases of earlier versions of this script.
+  for old in $(buildah images --format '{{.Name}}:{{.Tag}}' | grep -E "^localhost/finetune-($which|python):" \
+               | grep -v -e "^$image\$" -e "^$base\$"); do
+    buildah rmi "$old" >/dev/null 2>&1 || true
+  done
+  buildah rmi --prune >/dev/null 2>&1 || true
 fi
 echo "$archive"
 echo "$image"

@@ -63,6 +63,21 @@ class NodeDied(AssertionError):
     """A node process exited: ends any wait at once (wait_for lets assertions through)."""
 
 
+def cache_dir() -> Path:
+    out = subprocess.run(
+        ["bash", str(HERE.parent / "cache-dir.sh")], check=True, stdout=subprocess.PIPE, text=True
+    )
+    return Path(out.stdout.strip())
+
+
+def _forget_containers(node: Node) -> None:
+    """Containers a previous run left in the persistent root (their processes are
+    gone): removed before the kubelet starts, so it begins with none."""
+    for cid in node.ctr("containers", "ls", "-q").stdout.split():
+        node.ctr("tasks", "delete", "--force", cid, check=False)
+        node.ctr("containers", "delete", cid, check=False)
+
+
 def node_bin() -> Path:
     out = subprocess.run(
         ["bash", str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True
@@ -70,8 +85,8 @@ def node_bin() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), capture_output=True, text=True, check=check, timeout=120)
+def _run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, check=check, timeout=timeout)
 
 
 @dataclass
@@ -79,6 +94,9 @@ class Node:
     name: str
     index: int
     dir: str
+    # containerd's root (images, snapshots) outlives the node, in the build cache:
+    # an image of several gigabytes is imported once per machine, not per test run.
+    root: str
 
     @property
     def path(self) -> Path:
@@ -100,8 +118,13 @@ class Node:
     def cgroup(self) -> str:
         return f"/{self.name}"
 
-    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return _run("ctr", "--address", str(self.socket), "-n", "k8s.io", *args, check=check)
+    def ctr(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return _run(
+            "ctr", "--address", str(self.socket), "-n", "k8s.io", *args,
+            check=check, timeout=timeout,
+        )  # fmt: skip
 
 
 @dataclass
@@ -132,8 +155,9 @@ class NodeSet:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.netns_before = sorted(_netns())
         self.netns_mounted_before = NETNS_DIR in _mounts()
+        roots = cache_dir() / "node-containerd"
         self.nodes = [
-            Node(name, i, str(self.workdir / name))
+            Node(name, i, str(self.workdir / name), str(roots / name))
             for i, name in enumerate(NODE_NAMES[: self.count])
         ]
         self._save()
@@ -147,6 +171,7 @@ class NodeSet:
         for node in self.nodes:
             wait_for(lambda n=node: self._check_alive() or n.ctr("version").returncode == 0,
                      timeout, f"containerd of {node.name}")  # fmt: skip
+            _forget_containers(node)
             for archive in images:
                 node.ctr("images", "import", str(archive))
             self._kubelet(node)
@@ -165,7 +190,8 @@ class NodeSet:
         node already lists the image)."""
         for node in self.nodes:
             if name not in node.ctr("images", "ls", "-q").stdout.split():
-                node.ctr("images", "import", str(archive))
+                # The trainer image (6.7 GB) takes minutes: once per machine.
+                node.ctr("images", "import", str(archive), timeout=1200)
 
     def _images(self, tools: Path) -> list[Path]:
         out = self.workdir / "images"
@@ -264,7 +290,7 @@ class NodeSet:
         config = base / "config.toml"
         config.write_text(
             f"""version = 2
-root = "{base / "root"}"
+root = "{node.root}"
 state = "{base / "state"}"
 disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
