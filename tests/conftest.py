@@ -131,7 +131,8 @@ def helm() -> str:
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A real MinIO server on loopback for the whole session."""
+    """A real MinIO server for the whole session, on loopback and (for pods of the
+    test nodes) on their bridge's gateway."""
     from controlplane import free_port
 
     from s3.server import S3Server  # type: ignore[import-not-found]

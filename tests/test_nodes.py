@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 
 from controlplane import wait_for
 
@@ -109,3 +110,16 @@ def test_a_pod_reaches_the_apiserver_through_the_kubernetes_service(
     log = cluster.core.read_namespaced_pod_log("incluster", namespace)
     assert done.status.phase == "Succeeded", log
     assert json.loads(log)["gitVersion"] == "v1.36.3"
+
+
+def test_a_pod_reaches_the_test_s3_server(
+    cluster: Cluster, namespace: str, nodes: NodeSet, s3: Any
+) -> None:
+    """Training pods read data and write checkpoints there: its address on the bridge."""
+    url = f"{s3.pod_endpoint}/minio/health/live"
+    cluster.core.create_namespaced_pod(
+        namespace, probe_pod("s3check", nodes.nodes[0].name, ["get", url, "30"])
+    )
+    done = wait_for(lambda: finished(cluster, namespace, "s3check"), 90, "the pod to end")
+    log = cluster.core.read_namespaced_pod_log("s3check", namespace)
+    assert done.status.phase == "Succeeded", log

@@ -31,6 +31,13 @@ class S3Server:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pod_endpoint(self) -> str:
+        """Where pods of the test nodes reach it: the host's address on their bridge."""
+        from controlplane import POD_GATEWAY
+
+        return f"http://{POD_GATEWAY}:{self.port}"
+
     def env(self) -> dict[str, str]:
         """What a training pod gets from its credentials Secret."""
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
@@ -51,8 +58,10 @@ class S3Server:
                 str(minio_binary()),
                 "server",
                 str(self.workdir / "data"),
+                # All addresses: tests on this host use loopback, pods of the test
+                # nodes the bridge gateway (pod_endpoint). Every request needs the keys.
                 "--address",
-                f"127.0.0.1:{self.port}",
+                f":{self.port}",
                 "--quiet",
             ],
             env=env,
