@@ -59,6 +59,20 @@ def operator(cluster: Cluster, nodes: Any, helm: str) -> Iterator[dict[str, str]
         cluster.core.delete_namespace(ns)
 
 
+def two_node_job(name: str, image: str, **spec: Any) -> dict[str, Any]:
+    """A job of 2 nodes x 1 GPU whose pods use `image` as it is on the nodes."""
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "resources": {"nodes": 2, "gpusPerNode": 1},
+            "pod": {"image": image, "imagePullPolicy": "Never"},
+            **spec,
+        },
+    }
+
+
 def operator_pod(cluster: Cluster, ns: str) -> client.V1Pod:
     pods = cluster.core.list_namespaced_pod(
         ns, label_selector="app.kubernetes.io/name=finetune-operator"
@@ -92,18 +106,13 @@ def test_the_operator_pod_runs_its_image_under_the_charts_account(
 def test_a_job_whose_trainer_image_is_missing_says_so(
     cluster: Cluster, namespace: str, operator: dict[str, str]
 ) -> None:
-    job = {
-        "apiVersion": c.API_VERSION,
-        "kind": c.KIND,
-        "metadata": {"name": "noimage"},
-        "spec": {
-            "model": {"uri": "s3://models/m", "numLabels": 2},
-            "dataset": {"uri": "s3://data/d.csv", "textColumns": ["text"]},
-            "resources": {"nodes": 2, "gpusPerNode": 1},
-            "checkpoints": {"uri": "s3://ckpt/noimage"},
-            "pod": {"image": "localhost/finetune-trainer:absent", "imagePullPolicy": "Never"},
-        },
-    }
+    job = two_node_job(
+        "noimage",
+        "localhost/finetune-trainer:absent",
+        model={"uri": "s3://models/m", "numLabels": 2},
+        dataset={"uri": "s3://data/d.csv", "textColumns": ["text"]},
+        checkpoints={"uri": "s3://ckpt/noimage"},
+    )
     cluster.create_job(namespace, job)
 
     def reported() -> dict[str, Any] | None:
@@ -136,30 +145,22 @@ def test_a_permanent_trainer_error_on_two_nodes_fails_the_job_with_its_reason(
     """The trainer image on both nodes, as uid 1000 under the restricted standard: the
     gang meets through the headless Service, the workers find no data files, the
     trainer writes its termination message, and the operator fails the job with it."""
-    job = {
-        "apiVersion": c.API_VERSION,
-        "kind": c.KIND,
-        "metadata": {"name": "nomodel"},
-        "spec": {
-            "model": {"uri": "file:///models/absent", "numLabels": 2},
-            "dataset": {"uri": "file:///data/absent.csv", "textColumns": ["text"]},
-            "resources": {"nodes": 2, "gpusPerNode": 1},
-            "checkpoints": {"uri": "file:///scratch/checkpoints"},
-            "pod": {"image": trainer_image, "imagePullPolicy": "Never"},
-            "scheduling": {
-                "affinity": {
-                    "podAntiAffinity": {
-                        "requiredDuringSchedulingIgnoredDuringExecution": [
-                            {
-                                "labelSelector": {"matchLabels": {c.LABEL_JOB: "nomodel"}},
-                                "topologyKey": "kubernetes.io/hostname",
-                            }
-                        ]
-                    }
-                }
-            },
-        },
+    spread = {
+        "labelSelector": {"matchLabels": {c.LABEL_JOB: "nomodel"}},
+        "topologyKey": "kubernetes.io/hostname",
     }
+    job = two_node_job(
+        "nomodel",
+        trainer_image,
+        model={"uri": "file:///models/absent", "numLabels": 2},
+        dataset={"uri": "file:///data/absent.csv", "textColumns": ["text"]},
+        checkpoints={"uri": "file:///scratch/checkpoints"},
+        scheduling={
+            "affinity": {
+                "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [spread]}
+            }
+        },
+    )
     cluster.create_job(namespace, job)
 
     def ended() -> dict[str, Any] | None:
