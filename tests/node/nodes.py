@@ -35,28 +35,30 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "cluster"))
 sys.path.insert(0, str(HERE))
 
+import layout  # noqa: E402
 from controlplane import (  # noqa: E402
     DEFAULT_DIR,
     NODE_NAMES,
-    POD_GATEWAY,
     binaries,
-    free_port,
     wait_for,
+)
+from layout import (  # noqa: E402
+    BRIDGE,
+    CGROUP_ROOT,
+    DNS_IP,
+    GATEWAY,
+    GPU_RESOURCE,
+    KUBELET_CHAIN,
+    NETNS_DIR,
+    PAUSE_IMAGE,
+    POD_CIDR,
+    PROBE_IMAGE,
+    STATE,
+    Node,
+    _run,
 )
 
 from images import docker_archive  # noqa: E402
-
-BRIDGE = "ftbr0"
-GATEWAY = POD_GATEWAY
-POD_CIDR = "10.213.0.0/16"
-DNS_IP = GATEWAY
-PAUSE_IMAGE = "localhost/finetune-pause:1"
-PROBE_IMAGE = "localhost/finetune-probe:1"
-GPU_RESOURCE = "nvidia.com/gpu"
-STATE = "nodes.json"
-NETNS_DIR = "/run/netns"
-KUBELET_CHAIN = "KUBE-FIREWALL"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 class NodeDied(AssertionError):
@@ -83,48 +85,6 @@ def node_bin() -> Path:
         ["bash", str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True
     )
     return Path(out.stdout.strip().splitlines()[-1])
-
-
-def _run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), capture_output=True, text=True, check=check, timeout=timeout)
-
-
-@dataclass
-class Node:
-    name: str
-    index: int
-    dir: str
-    # containerd's root (images, snapshots) outlives the node, in the build cache:
-    # an image of several gigabytes is imported once per machine, not per test run.
-    root: str
-
-    @property
-    def path(self) -> Path:
-        return Path(self.dir)
-
-    @property
-    def ip(self) -> str:
-        return f"10.212.0.{10 + self.index}"
-
-    @property
-    def socket(self) -> Path:
-        return self.path / "containerd" / "containerd.sock"
-
-    @property
-    def kubelet_port(self) -> int:
-        return 10250 + 10 * self.index
-
-    @property
-    def cgroup(self) -> str:
-        return f"/{self.name}"
-
-    def ctr(
-        self, *args: str, check: bool = True, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        return _run(
-            "ctr", "--address", str(self.socket), "-n", "k8s.io", *args,
-            check=check, timeout=timeout,
-        )  # fmt: skip
 
 
 @dataclass
@@ -219,34 +179,15 @@ class NodeSet:
 
     def _coredns(self, tools: Path) -> None:
         corefile = self.workdir / "Corefile"
-        corefile.write_text(
-            f".:53 {{\n  bind {DNS_IP}\n  errors\n"
-            f"  kubernetes cluster.local in-addr.arpa ip6.arpa {{\n"
-            f"    kubeconfig {self.kubeconfig}\n    pods insecure\n"
-            "    fallthrough in-addr.arpa ip6.arpa\n  }\n  cache 5\n}\n"
-        )
+        corefile.write_text(layout.corefile(self.kubeconfig))
         self._spawn("coredns", [str(tools / "coredns"), "-conf", str(corefile)],
                     self.workdir / "coredns.log")  # fmt: skip
 
     def _kube_proxy(self) -> None:
         """One kube-proxy for the host: all nodes share its network namespace, so a
         second one would only rewrite the same rules."""
-        config = {
-            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
-            "kind": "KubeProxyConfiguration",
-            "clientConnection": {"kubeconfig": str(self.kubeconfig)},
-            "hostnameOverride": NODE_NAMES[0],
-            "bindAddress": "127.0.0.1",
-            "healthzBindAddress": f"127.0.0.1:{free_port()}",
-            "metricsBindAddress": f"127.0.0.1:{free_port()}",
-            "clusterCIDR": POD_CIDR,
-            "mode": "iptables",
-            # Leave the host's conntrack sysctls alone (a container may not set them).
-            "conntrack": {"maxPerCore": 0, "min": 0},
-            "iptables": {"syncPeriod": "5s", "minSyncPeriod": "0s"},
-        }
         path = self.workdir / "kube-proxy.yaml"
-        path.write_text(yaml.safe_dump(config))
+        path.write_text(yaml.safe_dump(layout.kube_proxy_config(self.kubeconfig)))
         self._spawn("kube-proxy", [str(binaries() / "kube-proxy"), "--config", str(path)],
                     self.workdir / "kube-proxy.log")  # fmt: skip
 
@@ -255,68 +196,10 @@ class NodeSet:
         (node.path / "net.d").mkdir(parents=True, exist_ok=True)
         base.mkdir(parents=True, exist_ok=True)
         (node.path / "net.d" / "10-finetune.conflist").write_text(
-            json.dumps(
-                {
-                    "cniVersion": "1.0.0",
-                    "name": "finetune-test",
-                    "plugins": [
-                        {
-                            "type": "bridge",
-                            "bridge": BRIDGE,
-                            "isGateway": True,
-                            "ipMasq": False,
-                            "hairpinMode": True,
-                            "ipam": {
-                                "type": "host-local",
-                                "dataDir": str(node.path / "ipam"),
-                                "ranges": [
-                                    [
-                                        {
-                                            "subnet": POD_CIDR,
-                                            "gateway": GATEWAY,
-                                            "rangeStart": f"10.213.{node.index + 1}.2",
-                                            "rangeEnd": f"10.213.{node.index + 1}.254",
-                                        }
-                                    ]
-                                ],
-                                "routes": [{"dst": "0.0.0.0/0"}],
-                            },
-                        }
-                    ],
-                },
-                indent=1,
-            )
+            json.dumps(layout.cni_config(node), indent=1)
         )
         config = base / "config.toml"
-        config.write_text(
-            f"""version = 2
-root = "{node.root}"
-state = "{base / "state"}"
-disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.aufs"]
-[grpc]
-  address = "{node.socket}"
-[ttrpc]
-  address = "{node.socket}.ttrpc"
-[metrics]
-  address = ""
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  enable_selinux = false
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{node.path / "net.d"}"
-"""
-        )
+        config.write_text(layout.containerd_config(node))
         self._spawn(f"containerd/{node.name}", ["containerd", "--config", str(config)],
                     node.path / "containerd.log")  # fmt: skip
 
@@ -325,50 +208,8 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
             (CGROUP_ROOT / sub / node.name).mkdir(exist_ok=True)
         resolv = node.path / "resolv.conf"
         resolv.write_text(f"nameserver {DNS_IP}\n")
-        config = {
-            "apiVersion": "kubelet.config.k8s.io/v1beta1",
-            "kind": "KubeletConfiguration",
-            "address": node.ip,
-            "port": node.kubelet_port,
-            "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1",
-            "healthzPort": node.kubelet_port + 1,
-            "authentication": {
-                "anonymous": {"enabled": False},
-                "webhook": {"enabled": True},
-                "x509": {"clientCAFile": str(self.cluster_dir / "pki" / "ca.crt")},
-            },
-            "authorization": {"mode": "Webhook"},
-            "cgroupDriver": "cgroupfs",
-            "cgroupRoot": node.cgroup,
-            "failSwapOn": False,
-            "failCgroupV1": False,
-            "containerRuntimeEndpoint": f"unix://{node.socket}",
-            "imageServiceEndpoint": f"unix://{node.socket}",
-            "clusterDNS": [DNS_IP],
-            "clusterDomain": "cluster.local",
-            "resolvConf": str(resolv),
-            "podLogsDir": str(node.path / "pod-logs"),
-            "makeIPTablesUtilChains": False,
-            "enforceNodeAllocatable": [],
-            "protectKernelDefaults": False,
-            "serializeImagePulls": False,
-            # A busy shared machine: evict only when truly out of room, and never
-            # collect the imported images (nothing could pull them back).
-            "evictionHard": {
-                "memory.available": "100Mi",
-                "nodefs.available": "1%",
-                "imagefs.available": "1%",
-                "nodefs.inodesFree": "1%",
-            },
-            "imageGCHighThresholdPercent": 100,
-            "imageGCLowThresholdPercent": 99,
-            "nodeStatusUpdateFrequency": "4s",
-            "syncFrequency": "10s",
-            "fileCheckFrequency": "10s",
-        }
         path = node.path / "kubelet.yaml"
-        path.write_text(yaml.safe_dump(config))
+        path.write_text(yaml.safe_dump(layout.kubelet_config(node, self.cluster_dir, resolv)))
         kubelet = binaries() / "kubelet"
         self._spawn(
             f"kubelet/{node.name}",
