@@ -427,13 +427,33 @@ class ControlPlane:
 
 
 def _down(workdir: Path) -> None:
+    """Stop a control plane started by `up` (another process): etcd last, since the
+    apiserver ignores SIGTERM for minutes once etcd is gone; SIGKILL after a grace."""
     pids = workdir / PIDS_FILE
     if pids.exists():
-        for pid in json.loads(pids.read_text()).values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
+        started = json.loads(pids.read_text())
+        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+            if name in started:
+                _stop_group(int(started[name]))
     if workdir.exists():
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _stop_group(pid: int, grace: float = 20.0) -> None:
+    def gone() -> bool:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        stat = Path(f"/proc/{pid}/stat")
+        return not stat.exists() or stat.read_text().split(") ")[-1][:1] == "Z"
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        wait_for(gone, grace, f"process group {pid} to exit", every=0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:
