@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from kubernetes import client, config
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cluster"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from controlplane import ROOT, ControlPlane, wait_for
+from controlplane import ROOT, ControlPlane, built, wait_for
 
 from finetune_api import names as c
 
@@ -120,13 +119,7 @@ def nodes(cluster: Cluster) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def helm() -> str:
     """A helm binary built from its Go module (tests/helm/build.sh, cached)."""
-    built = subprocess.run(
-        ["bash", str(ROOT / "tests" / "helm" / "build.sh")],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return built.stdout.strip().splitlines()[-1]
+    return built(ROOT / "tests" / "helm" / "build.sh")[-1]
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controlplane import ROOT, wait_for
+from controlplane import ROOT, built, wait_for
 from kubernetes import client
 
 from conftest import Cluster
@@ -23,11 +23,7 @@ RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 
 def build_image(which: str) -> tuple[Path, str]:
     """tests/images/build.sh: the image from its Dockerfile (cached by its inputs)."""
-    out = subprocess.run(
-        ["bash", str(ROOT / "tests" / "images" / "build.sh"), which],
-        check=True, stdout=subprocess.PIPE, text=True, timeout=1800,
-    )  # fmt: skip
-    archive, image = out.stdout.strip().splitlines()[-2:]
+    archive, image = built(ROOT / "tests" / "images" / "build.sh", which, timeout=1800)[-2:]
     return Path(archive), image
 
 

@@ -72,10 +72,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def built(script: Path, *args: str, timeout: float | None = None) -> list[str]:
+    """Run one of the test bed's cached build scripts; the lines it printed (the last
+    ones name what it built)."""
+    out = subprocess.run(
+        ["bash", str(script), *args], check=True, stdout=subprocess.PIPE, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    return out.stdout.strip().splitlines()
+
+
 def binaries() -> Path:
     """Build (or reuse) the control-plane binaries; return their folder."""
-    out = subprocess.run(["bash", str(BUILD)], check=True, stdout=subprocess.PIPE, text=True)
-    return Path(out.stdout.strip().splitlines()[-1])
+    return Path(built(BUILD)[-1])
 
 
 def _openssl(*args: str, cwd: Path) -> None:

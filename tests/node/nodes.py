@@ -40,6 +40,7 @@ from controlplane import (  # noqa: E402
     DEFAULT_DIR,
     NODE_NAMES,
     binaries,
+    built,
     wait_for,
 )
 from layout import (  # noqa: E402
@@ -66,10 +67,7 @@ class NodeDied(AssertionError):
 
 
 def cache_dir() -> Path:
-    out = subprocess.run(
-        ["bash", str(HERE.parent / "cache-dir.sh")], check=True, stdout=subprocess.PIPE, text=True
-    )
-    return Path(out.stdout.strip())
+    return Path(built(HERE.parent / "cache-dir.sh")[-1])
 
 
 def _forget_containers(node: Node) -> None:
@@ -81,10 +79,7 @@ def _forget_containers(node: Node) -> None:
 
 
 def node_bin() -> Path:
-    out = subprocess.run(
-        ["bash", str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True
-    )
-    return Path(out.stdout.strip().splitlines()[-1])
+    return Path(built(HERE / "build.sh")[-1])
 
 
 @dataclass

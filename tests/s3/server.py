@@ -13,10 +13,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def minio_binary() -> Path:
-    out = subprocess.run(
-        ["bash", str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True
-    )
-    return Path(out.stdout.strip().splitlines()[-1])
+    from controlplane import built
+
+    return Path(built(HERE / "build.sh")[-1])
 
 
 @dataclass
