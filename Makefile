@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install generate check-generated lint format system-deps cluster-bin s3-bin helm-bin \
-        cluster-up cluster-down node-deps node-bin node-up node-down test e2e test-slow \
+        cluster-up cluster-down node-deps node-bin images node-up node-down test e2e test-slow \
         bench-operator clean
 
 help:
@@ -95,11 +95,17 @@ node-up: cluster-up node-deps node-bin
 node-down: $(STAMP)
 	$(BIN)/python tests/node/nodes.py down
 
-test: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin node-bin lint check-generated
+# The project's images from their Dockerfiles (cached by their inputs), built before
+# the tests so that no test's time limit includes a cold build.
+images: node-deps
+	bash tests/images/build.sh operator
+	bash tests/images/build.sh trainer
+
+test: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin node-bin images lint check-generated
 	$(BIN)/python -m pytest -m "not slow"
 
 # The end-to-end tests alone: real nodes, images built from the Dockerfiles.
-e2e: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin node-bin
+e2e: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin node-bin images
 	$(BIN)/python -m pytest -m "not slow" tests/test_nodes.py tests/test_nodes_cleanup.py \
 	  tests/test_e2e_operator.py
 

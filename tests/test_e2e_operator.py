@@ -135,6 +135,8 @@ def trainer_image(nodes: Any) -> str:
     return image
 
 
+# A new trainer image is imported into both nodes first: about 5 minutes.
+@pytest.mark.timeout(2400)
 def test_a_permanent_trainer_error_on_two_nodes_fails_the_job_with_its_reason(
     cluster: Cluster, namespace: str, operator: dict[str, str], trainer_image: str
 ) -> None:

@@ -143,10 +143,18 @@ class NodeSet:
     def load_image(self, archive: Path, name: str) -> None:
         """Import a docker-archive into every node's containerd (skipped where the
         node already lists the image)."""
+        repository = name.rsplit(":", 1)[0] + ":"
         for node in self.nodes:
-            if name not in node.ctr("images", "ls", "-q").stdout.split():
-                # The trainer image (6.7 GB) takes minutes: once per machine.
-                node.ctr("images", "import", str(archive), timeout=1200)
+            present = node.ctr("images", "ls", "-q").stdout.split()
+            if name in present:
+                continue
+            # Earlier builds of the same image go first: each trainer image holds
+            # 13 GB of a node's storage, which containerd frees once it is untagged.
+            old = [ref for ref in present if ref.startswith(repository)]
+            if old:
+                node.ctr("images", "rm", "--sync", *old, timeout=600)
+            # The trainer image (6.7 GB) takes minutes: once per build, per machine.
+            node.ctr("images", "import", str(archive), timeout=1200)
 
     def _images(self, tools: Path) -> list[Path]:
         out = self.workdir / "images"
