@@ -128,6 +128,16 @@ def test_a_job_whose_trainer_image_is_missing_says_so(
     assert "noimage" in log
 
 
+def scheduled_nodes(cluster: Cluster, namespace: str) -> dict[str, str]:
+    """Pod name -> node, from the scheduler's Scheduled events."""
+    events = cluster.core.list_namespaced_event(namespace, field_selector="reason=Scheduled")
+    placed = {}
+    for event in events.items:  # "Successfully assigned NS/POD to NODE"
+        pod_ref, _, node = event.message.rpartition(" to ")
+        placed[pod_ref.rpartition("/")[2]] = node
+    return placed
+
+
 @pytest.fixture(scope="module")
 def trainer_image(nodes: Any) -> str:
     archive, image = build_image("trainer")
@@ -171,6 +181,13 @@ def test_a_permanent_trainer_error_on_two_nodes_fails_the_job_with_its_reason(
     assert "exited with code 42: " in failed["message"]
     assert "42: 42" not in failed["message"]  # the reason, not the message's own code
     assert "spec.dataset.uri: no data files found at file:///data/absent.csv" in failed["message"]
+    # Where the gang ran, from the scheduler's events: the operator deletes the pods
+    # still running when the job fails, so the pods left may be fewer than two.
+    def both_placed() -> dict[str, str] | None:
+        placed = scheduled_nodes(cluster, namespace)
+        return placed if len(placed) >= 2 else None
+
+    placed = wait_for(both_placed, 30, "the scheduler's events for both pods")
+    assert sorted(placed.values()) == ["ft-node-0", "ft-node-1"]
     pods = cluster.core.list_namespaced_pod(namespace, label_selector=f"{c.LABEL_JOB}=nomodel")
-    assert sorted(p.spec.node_name for p in pods.items) == ["ft-node-0", "ft-node-1"]
-    assert {p.spec.security_context.run_as_user for p in pods.items} == {1000}
+    assert pods.items and {p.spec.security_context.run_as_user for p in pods.items} == {1000}
