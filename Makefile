@@ -9,8 +9,8 @@ export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install generate check-generated lint format system-deps cluster-bin s3-bin helm-bin \
-        cluster-up cluster-down node-deps node-bin images node-up node-down test e2e test-slow \
-        bench-operator clean
+        prometheus-bin cluster-up cluster-down node-deps node-bin images node-up node-down test e2e \
+        test-slow bench-operator clean
 
 help:
 	@echo "make test          install everything, lint, and run the test suite (what CI runs)"
@@ -49,11 +49,11 @@ format: $(STAMP)
 	$(BIN)/ruff format api operator trainer_image tests bench examples
 	$(BIN)/ruff check --fix api operator trainer_image tests bench examples
 
-# Debian packages the tests run for real: Prometheus scrapes the trainer.
+# Debian packages the tests use: openssl makes the test cluster's certificates.
 system-deps:
-	@command -v prometheus >/dev/null && command -v openssl >/dev/null || { \
+	@command -v openssl >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	  apt-get install -y -qq --no-install-recommends prometheus openssl >/dev/null; }
+	  apt-get install -y -qq --no-install-recommends openssl >/dev/null; }
 
 # Builds etcd and the Kubernetes control plane from upstream sources (cached).
 cluster-bin:
@@ -66,6 +66,11 @@ s3-bin:
 # Builds Helm from its Go module (cached), for the chart tests.
 helm-bin:
 	bash tests/helm/build.sh
+
+# Builds Prometheus from its Go module with Kubernetes discovery (cached): Debian's
+# package leaves Kubernetes discovery out.
+prometheus-bin:
+	bash tests/prometheus/build.sh
 
 cluster-up: $(STAMP) cluster-bin
 	$(BIN)/python tests/node/nodes.py down
@@ -101,15 +106,15 @@ images: node-deps
 	bash tests/images/build.sh operator
 	bash tests/images/build.sh trainer
 
-test: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin node-bin images lint check-generated
+test: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin prometheus-bin node-bin images \
+      lint check-generated
 	$(BIN)/python -m pytest -m "not slow"
 
 # The end-to-end tests alone: real nodes, images built from the Dockerfiles.
-e2e: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin node-bin images
-	$(BIN)/python -m pytest -m "not slow" tests/test_nodes.py tests/test_nodes_cleanup.py \
-	  tests/test_e2e_operator.py
+e2e: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin prometheus-bin node-bin images
+	$(BIN)/python -m pytest -m "not slow" tests/e2e tests/test_nodes_cleanup.py
 
-test-slow: $(STAMP) system-deps cluster-bin s3-bin
+test-slow: $(STAMP) system-deps cluster-bin s3-bin prometheus-bin
 	$(BIN)/python -m pytest -m slow -s
 
 # Benchmarks print a table for docs/benchmarks.md; they are not tests.

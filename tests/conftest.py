@@ -102,20 +102,6 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     cluster.core.delete_namespace(name)
 
 
-@pytest.fixture(scope="module")
-def nodes(cluster: Cluster) -> Iterator[Any]:
-    """Two real nodes (tests/node/nodes.py) for the tests of one module. Per module:
-    the other modules' tests use registered Node objects without a kubelet, and
-    must not have their pods land on these."""
-    from node.nodes import NodeSet
-
-    nodeset = NodeSet(cluster.plane.workdir)
-    try:
-        yield nodeset.up()
-    finally:
-        nodeset.down()
-
-
 @pytest.fixture(scope="session")
 def helm() -> str:
     """A helm binary built from its Go module (tests/helm/build.sh, cached)."""

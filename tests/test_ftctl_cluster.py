@@ -364,6 +364,13 @@ def test_logs_errors_and_options_from_the_environment(cluster: Cluster, namespac
     assert missing.output == (
         f'Error: the log of pod "envjob-node-0" not found in namespace {namespace}\n'
     )
+    # -f waits for the pod to start, and stops waiting once the job has ended without it.
+    cluster.custom.patch_namespaced_custom_object_status(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, "envjob", {"status": {"phase": "Failed"}}
+    )
+    gone = ftctl(cluster, namespace, "logs", "-f", "envjob")
+    assert gone.exit_code == 1
+    assert gone.output.endswith("Error: envjob ended before pod envjob-node-0 started\n")
     out_of_range = ftctl(cluster, namespace, "logs", "envjob", "--node", "2")
     assert out_of_range.exit_code == 2
     assert "envjob has 2 nodes (0..1)" in out_of_range.output

@@ -132,6 +132,26 @@ def test_the_permanent_error_code_fails_the_job_at_once() -> None:
     assert [e.type for e in plan.events if e.reason == "TrainerError"] == ["Warning"]
 
 
+def test_an_oom_kill_is_named_in_the_failure() -> None:
+    """The kubelet's OOMKilled reason reaches the job, even when the container also left
+    a message (here the log tail Kubernetes falls back to)."""
+    obj = job_object(runPolicy={"backoffLimit": 0})
+    obj["status"] = {"phase": "Running", "attempt": 1, "restartCount": 0}
+    pods = [with_phase(p, "Running") for p in builders.pods(builders.Job.from_object(obj), 1)]
+    pods[1] = with_phase(pods[1], "Failed", 137, "loading the model\nKilled")
+    pods[1]["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = "OOMKilled"
+    failed = next(
+        x for x in reconcile(obj, pods, NOW).status.conditions or [] if x.type == "Failed"
+    )
+    assert failed.reason == "BackoffLimitExceeded"
+    assert "exited with code 137: OOMKilled: over its memory limit (raise spec.resources" in (
+        failed.message
+    )
+    assert failed.message.endswith(
+        "; Killed; restarted 0 times already (spec.runPolicy.backoffLimit 0)"
+    )
+
+
 def test_past_the_backoff_limit_the_job_fails_with_the_reason() -> None:
     obj = job_object(runPolicy={"backoffLimit": 1})
     obj["status"] = {"phase": "Running", "attempt": 2, "restartCount": 1}
@@ -267,3 +287,23 @@ def test_progress_comes_from_the_rank0_metrics() -> None:
         obj, pods, NOW + timedelta(seconds=15), reading=parse(METRICS, NOW + timedelta(seconds=15))
     )
     assert later.status.to_wire() == obj["status"]
+
+
+def test_progress_before_the_first_step_has_no_loss() -> None:
+    """The trainer's own endpoint right after planning: step 0 and no loss yet (NaN),
+    which kubectl get ftj shows as empty rather than a loss of 0."""
+    from prometheus_client import generate_latest
+
+    from finetune_trainer.metrics import TrainerMetrics
+
+    metrics = TrainerMetrics("mrpc", "ml")
+    metrics.total_steps.set(230)
+    reading = parse(generate_latest(metrics.registry).decode(), NOW)
+    assert reading is not None
+    assert (reading.progress.step, reading.progress.total_steps) == (0, 230)
+    assert reading.progress.loss is None
+    assert reading.progress.eta_seconds is None
+    metrics.train_loss.set(0.69)
+    reading = parse(generate_latest(metrics.registry).decode(), NOW)
+    assert reading is not None
+    assert reading.progress.loss == 0.69

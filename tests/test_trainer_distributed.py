@@ -11,33 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from trainer_support import load_weights, run_nodes
-
-
-def mrpc_spec(uris: dict[str, str], prefix: str, **training: Any) -> dict[str, Any]:
-    return {
-        "model": {"uri": uris["model"], "numLabels": 2},
-        "dataset": {
-            "uri": uris["data"],
-            "format": "tsv",
-            "textColumns": ["#1 String", "#2 String"],
-            "labelColumn": "Quality",
-            "trainSplit": "train",
-            "evalSplit": "dev",
-            "maxSeqLength": 64,
-        },
-        "training": {
-            "perDeviceTrainBatchSize": 8,
-            "learningRate": 2e-3,
-            "loggingSteps": 5,
-            "evalStrategy": "no",
-            "seed": 7,
-            **training,
-        },
-        "resources": {"nodes": 2, "gpusPerNode": 1},
-        "checkpoints": {"uri": f"s3://ckpt/{prefix}", "saveSteps": 10, "saveTotalLimit": 2},
-        "output": {"uri": f"s3://ckpt/{prefix}-out"},
-    }
+from trainer_support import load_weights, mrpc_spec, run_nodes
 
 
 def with_s3(spec: dict[str, Any], s3: Any) -> dict[str, Any]:
@@ -143,7 +117,7 @@ def test_gradients_are_synchronised_across_machine_ranks(
     spec = with_s3(mrpc_spec(mrpc_in_s3, "sync", maxSteps=steps, gradientAccumulationSteps=2), s3)
     nodes = run_nodes(spec, tmp_path / "run", extra=s3.env())
     log = nodes[0].output()
-    assert "training 12 steps on 2 processes (2 nodes), 32 examples per step" in log
+    assert "training 12 steps on 2 processes (2 nodes, cpu), 32 examples per step" in log
     # Every rank compared its weights with the others at the end.
     assert re.search(r"parameters identical on all 2 ranks \(sha256 [0-9a-f]{16}\)", log), log
 

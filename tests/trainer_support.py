@@ -246,3 +246,30 @@ def mrpc_minilm_spec(work: Path, seed: int) -> dict[str, Any]:
         "checkpoints": {"uri": f"file://{work}/ckpt", "saveSteps": 500},
         "output": {"uri": f"file://{work}/model"},
     }
+
+
+def mrpc_spec(uris: dict[str, str], prefix: str, **training: Any) -> dict[str, Any]:
+    """MRPC (both sentences) and the tiny model from the session's S3, 2 nodes x 1."""
+    return {
+        "model": {"uri": uris["model"], "numLabels": 2},
+        "dataset": {
+            "uri": uris["data"],
+            "format": "tsv",
+            "textColumns": ["#1 String", "#2 String"],
+            "labelColumn": "Quality",
+            "trainSplit": "train",
+            "evalSplit": "dev",
+            "maxSeqLength": 64,
+        },
+        "training": {
+            "perDeviceTrainBatchSize": 8,
+            "learningRate": 2e-3,
+            "loggingSteps": 5,
+            "evalStrategy": "no",
+            "seed": 7,
+            **training,
+        },
+        "resources": {"nodes": 2, "gpusPerNode": 1},
+        "checkpoints": {"uri": f"s3://ckpt/{prefix}", "saveSteps": 10, "saveTotalLimit": 2},
+        "output": {"uri": f"s3://ckpt/{prefix}-out"},
+    }

@@ -6,6 +6,7 @@ the trainer's metrics (docs/metrics.md) and copies them into status.progress.
 
 from __future__ import annotations
 
+import math
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +41,8 @@ def parse(text: str, now: datetime) -> Reading | None:
     checkpoint: int | None = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
+            if math.isnan(sample.value):  # not known yet (e.g. the loss before step 1)
+                continue
             if sample.name in FIELDS:
                 name = FIELDS[sample.name]
                 values[name] = int(sample.value) if name in INTEGER else round(sample.value, 6)

@@ -113,6 +113,9 @@ def _trainer_state(p: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+OOM_HINT = "raise spec.resources.memory, or lower the batch size or maxSeqLength"
+
+
 def exit_of(p: dict[str, Any]) -> tuple[int | None, str]:
     """The trainer's exit code and its one-line reason (termination message)."""
     term = _trainer_state(p).get("terminated")
@@ -121,7 +124,13 @@ def exit_of(p: dict[str, Any]) -> tuple[int | None, str]:
         # Evicted or lost before the container ran: the pod says why.
         why = status.get("message") or status.get("reason") or "the pod failed"
         return None, str(why)
-    _, reason = parse_termination_message(term.get("message") or term.get("reason") or "")
+    kubelet_reason = str(term.get("reason") or "")
+    _, reason = parse_termination_message(term.get("message") or kubelet_reason)
+    if kubelet_reason == "OOMKilled" and not reason.startswith("OOMKilled"):
+        # The kernel killed a process of the container: the message (or the log tail
+        # it falls back to) would not say so.
+        oom = f"OOMKilled: over its memory limit ({OOM_HINT})"
+        reason = f"{oom}; {reason}" if reason else oom
     return int(term.get("exitCode", 1)), reason
 
 

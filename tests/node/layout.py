@@ -185,11 +185,14 @@ def kubelet_config(node: Node, cluster_dir: Path, resolv: Path) -> dict[str, Any
         "protectKernelDefaults": False,
         "serializeImagePulls": False,
         # A busy shared machine: evict only when truly out of room, and never
-        # collect the imported images (nothing could pull them back).
+        # collect the imported images (nothing could pull them back). Disk thresholds
+        # are absolute: under disk pressure the kubelet deletes every image no running
+        # container uses, the pause image included (containerd 1.6 does not pin it),
+        # and 1% of a large disk is gigabytes, which an image import can dip under.
         "evictionHard": {
             "memory.available": "100Mi",
-            "nodefs.available": "1%",
-            "imagefs.available": "1%",
+            "nodefs.available": "256Mi",
+            "imagefs.available": "256Mi",
             "nodefs.inodesFree": "1%",
         },
         "imageGCHighThresholdPercent": 100,

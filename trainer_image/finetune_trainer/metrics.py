@@ -9,6 +9,7 @@ about the job (and never a credential) becomes a label.
 from __future__ import annotations
 
 import contextlib
+import math
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -86,6 +87,9 @@ class TrainerMetrics:
             registry=r,
         )
         self._lv = lv
+        # Unknown until the first step: NaN (a gap on a graph), not a 0 read as a value.
+        for unknown in (self.train_loss, self.samples_per_second, self.eta_seconds):
+            unknown.set(math.nan)
 
     def set_eval(self, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():

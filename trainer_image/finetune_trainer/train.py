@@ -332,10 +332,11 @@ class Run:
         )
         if self.is_main:
             log.info(
-                "training %d steps on %d processes (%d nodes), %d examples per step",
+                "training %d steps on %d processes (%d nodes, %s), %d examples per step",
                 state.total_steps,
                 self.world,
                 cfg.num_nodes,
+                self.acc.device.type,
                 t.per_device_train_batch_size * t.gradient_accumulation_steps * self.world,
             )
         last_save = time.monotonic()
