@@ -1,12 +1,18 @@
-"""Checkpoint retention: the newest K, plus the best one when asked, never an uncommitted one."""
+"""Checkpoint retention: the newest K, plus the best one when asked, never an uncommitted one;
+and a checkpoint URI belongs to one job."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from finetune_api.checkpoints import OWNER
+from finetune_api.types import S3Spec
 from finetune_trainer.checkpoint import CheckpointStore
+from finetune_trainer.errors import PermanentError
 
 
 def snapshot(root: Path, step: int) -> Path:
@@ -38,3 +44,38 @@ def test_best_by_loss_is_the_lowest(tmp_path: Path) -> None:
     for step, loss in ((1, 0.5), (2, 0.2), (3, 0.4)):
         store.commit(snapshot(tmp_path, step), step, {"loss": loss})
     assert [c.step for c in store.committed()] == [2, 3]
+
+
+def test_a_checkpoint_uri_belongs_to_one_job(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two jobs given the same URI (say one YAML applied in two namespaces): the second is
+    refused with the field and the owner named, instead of resuming from the first's
+    checkpoints; the first job itself (a later attempt, a re-created job) goes on."""
+    from trainer_support import ensure_bucket
+
+    ensure_bucket(s3.client(), "ckpt")
+    for key, value in s3.env().items():  # what the pod gets from its Secret
+        monkeypatch.setenv(key, value)
+    spec = S3Spec.model_validate({"endpoint": s3.endpoint, "forcePathStyle": True})
+    first = CheckpointStore("s3://ckpt/shared-run", spec)
+    first.claim("team-a", "bert")
+    first.claim("team-a", "bert")  # its next attempt
+    other = CheckpointStore("s3://ckpt/shared-run", spec)
+    with pytest.raises(PermanentError) as refused:
+        other.claim("team-b", "bert")
+    assert str(refused.value) == (
+        "spec.checkpoints.uri: s3://ckpt/shared-run holds the checkpoints of FineTuneJob "
+        "team-a/bert; give this job a URI of its own (or delete those checkpoints to start "
+        "over there)"
+    )
+    CheckpointStore("s3://ckpt/shared-run-2", spec).claim("team-b", "bert")  # its own URI
+
+
+def test_checkpoints_from_before_the_owner_marker_are_taken_over(tmp_path: Path) -> None:
+    store = CheckpointStore(f"file://{tmp_path}/ckpt", None)
+    store.commit(snapshot(tmp_path, 10), 10)
+    store.claim("ml", "mrpc")
+    assert json.loads((tmp_path / "ckpt" / OWNER).read_text()) == {
+        "name": "mrpc",
+        "namespace": "ml",
+    }
+    assert [c.step for c in store.committed()] == [10]

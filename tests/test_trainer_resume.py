@@ -32,7 +32,7 @@ def test_resume_at_an_epoch_boundary(tiny_model: Path, tmp_path: Path) -> None:
         "output": {"uri": f"file://{tmp_path}/out"},
     }
     first = run_nodes(spec, tmp_path / "first", nodes=1)[0].output()
-    steps = sorted(int(p.name[5:]) for p in (tmp_path / "ckpt").iterdir())
+    steps = sorted(int(p.name[5:]) for p in (tmp_path / "ckpt").glob("step-*"))
     total = steps[-1]
     per_epoch = total // 2
     assert f"done: {total} steps" in first

@@ -3,7 +3,9 @@
 Each checkpoint is a folder `step-NNNNNNNNN/` (nine digits, so names sort by
 step) holding its files and, written last, `manifest.json`: a folder without a
 manifest is an upload cut short and never counts. The final model goes to
-spec.output.uri, or `final/` under the checkpoint URI.
+spec.output.uri, or `final/` under the checkpoint URI. `finetunejob.json` at the top
+names the FineTuneJob (namespace and name) whose checkpoints these are: another job
+with the same URI is refused instead of resuming from them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Final
 
 MANIFEST: Final = "manifest.json"
 FINAL_DIR: Final = "final"
+OWNER: Final = "finetunejob.json"
 _STEP_DIR = re.compile(r"step-(\d{9})")
 
 
@@ -27,6 +30,17 @@ def step_of(folder: str) -> int | None:
     """The step of a checkpoint folder name; None for any other name."""
     match = _STEP_DIR.fullmatch(folder)
     return int(match.group(1)) if match else None
+
+
+def owner_record(namespace: str, name: str) -> bytes:
+    """The content of OWNER for a job."""
+    return json.dumps({"namespace": namespace, "name": name}, sort_keys=True).encode()
+
+
+def owner_of(record: bytes) -> str:
+    """ "NAMESPACE/NAME" of an OWNER file's job."""
+    doc = json.loads(record)
+    return f"{doc['namespace']}/{doc['name']}"
 
 
 def checkpoint_uri(base: str, step: int) -> str:

@@ -25,10 +25,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from finetune_api.checkpoints import MANIFEST, Committed, step_dir, step_of
+from finetune_api.checkpoints import (
+    MANIFEST,
+    OWNER,
+    Committed,
+    owner_of,
+    owner_record,
+    step_dir,
+    step_of,
+)
 from finetune_api.types import S3Spec
 
-from .errors import RetryableError
+from .errors import PermanentError, RetryableError
 from .storage import S3Store, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -62,6 +70,23 @@ class CheckpointStore:
         self.keep = keep
         self.keep_best = keep_best
         self.best_metric = best_metric
+
+    def claim(self, namespace: str, name: str) -> None:
+        """Mark the URI as this job's, or refuse it when another job's checkpoints are
+        there: resuming from them would train on another job's state. Checkpoints written
+        before this marker existed are taken over. (Two jobs starting in the same second
+        may both pass; the first commit still names one owner.)"""
+        mine = owner_record(namespace, name)
+        if any(o.key == OWNER for o in self.store.list_objects(OWNER)):
+            found = self.store.get_bytes(OWNER)
+            if owner_of(found) != owner_of(mine):
+                raise PermanentError(
+                    f"spec.checkpoints.uri: {self.uri} holds the checkpoints of FineTuneJob "
+                    f"{owner_of(found)}; give this job a URI of its own (or delete those "
+                    "checkpoints to start over there)"
+                )
+            return
+        self.store.put_bytes(OWNER, mine)
 
     # --- reading -----------------------------------------------------------------
 

@@ -206,6 +206,8 @@ class Run:
     def _preflight(self) -> None:
         if self.acc.is_local_main_process:
             self.ckpt.store.check()
+            if self.is_main:
+                self.ckpt.claim(self.cfg.namespace, self.cfg.job_name)
             aborted = self.ckpt.abort_stale_uploads() if self.is_main else 0
             if aborted:
                 log.info("aborted %d unfinished multipart uploads of an earlier attempt", aborted)
