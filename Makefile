@@ -114,7 +114,7 @@ test: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin prometheus-bin 
 e2e: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin prometheus-bin node-bin images
 	$(BIN)/python -m pytest -m "not slow" tests/e2e tests/test_nodes_cleanup.py
 
-test-slow: $(STAMP) system-deps cluster-bin s3-bin prometheus-bin
+test-slow: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin prometheus-bin node-bin images
 	$(BIN)/python -m pytest -m slow -s
 
 # Benchmarks print a table for docs/benchmarks.md; they are not tests.
