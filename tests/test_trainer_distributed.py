@@ -117,7 +117,8 @@ def test_gradients_are_synchronised_across_machine_ranks(
     spec = with_s3(mrpc_spec(mrpc_in_s3, "sync", maxSteps=steps, gradientAccumulationSteps=2), s3)
     nodes = run_nodes(spec, tmp_path / "run", extra=s3.env())
     log = nodes[0].output()
-    assert "training 12 steps on 2 processes (2 nodes, cpu), 32 examples per step" in log
+    started = "training 12 steps on 2 processes (2 nodes, cpu, 1 thread per process)"
+    assert f"{started}, 32 examples per step" in log
     # Every rank compared its weights with the others at the end.
     assert re.search(r"parameters identical on all 2 ranks \(sha256 [0-9a-f]{16}\)", log), log
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_trainer.config import TrainerConfig, from_env
+from finetune_trainer.config import TrainerConfig, available_cpus, from_env
 from finetune_trainer.errors import PermanentError
 from finetune_trainer.launch import accelerate_command
 
@@ -155,3 +155,27 @@ def test_the_installed_command_explains_itself() -> None:
     assert bare.stderr.strip() == (
         "finetune-trainer: set FT_JOB_SPEC (JSON) or FT_JOB_SPEC_FILE (a file path)"
     )
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 1),  # cgroup v2, a limit of 1.5 CPUs
+        ({"cpu.max": "max 100000\n"}, None),  # v2 without a limit
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),  # nothing to read
+    ],
+)
+def test_threads_follow_the_containers_cpu_limit(
+    tmp_path: Path, files: dict[str, str], expected: int | None
+) -> None:
+    """The kernel's files as a container sees them (the e2e training test reads the real
+    ones in a pod with a CPU limit)."""
+    import os
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    host = len(os.sched_getaffinity(0))
+    assert available_cpus(tmp_path) == (min(host, expected) if expected else host)

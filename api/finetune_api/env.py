@@ -77,7 +77,9 @@ class TrainerEnv:
     )
     device: str = gang("FT_DEVICE", "auto", "cuda, cpu, or auto (cuda when a GPU is visible).")
     cpu_threads: int | None = gang(
-        "FT_CPU_THREADS", None, "CPU threads per training process (default: CPUs / processes)."
+        "FT_CPU_THREADS",
+        None,
+        "CPU threads per training process (default: the CPU limit, else the CPUs, / processes).",
     )
     shard_bytes: int = var(
         "FT_SHARD_BYTES", DEFAULT_SHARD_BYTES, "Largest byte range of a data file in one unit."

@@ -33,6 +33,8 @@ def test_mrpc_minilm_on_two_nodes_through_the_operator(
     spec["dataset"]["maxSeqLength"] = recipe["dataset"]["maxSeqLength"]
     spec["training"] = recipe["training"]
     spec["checkpoints"]["saveSteps"] = recipe["checkpoints"]["saveSteps"]
+    # Both nodes share this machine's CPUs: one each, or each pod's threads oversubscribe them.
+    spec["resources"]["cpu"] = "1"
     cluster.create_job(namespace, job)
     status = wait_for(lambda: ended(cluster, namespace, "minilm"), 5000, "MRPC to end", every=5)
     assert status["phase"] == "Succeeded", status

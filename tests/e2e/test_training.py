@@ -53,6 +53,7 @@ def test_kubectl_apply_trains_a_two_node_job_to_succeeded(
     began = time.time()
     job_file = tmp_path / "job.yaml"
     job = mrpc_job("mrpc", numTrainEpochs=2)
+    job["spec"]["resources"]["cpu"] = "1"  # the trainer sizes its threads by this limit
     job_file.write_text(yaml.safe_dump(job))
     cluster.kubectl("apply", "-n", namespace, "-f", str(job_file))
 
@@ -87,7 +88,9 @@ def test_kubectl_apply_trains_a_two_node_job_to_succeeded(
         assert env["FT_MASTER_ADDR"].startswith(f"{c.node_name('mrpc', 0)}.")
     log = cluster.core.read_namespaced_pod_log(c.node_name("mrpc", 0), namespace)
     assert "parameters identical on all 2 ranks" in log, log[-3000:]
-    assert "on 2 processes (2 nodes, cpu)" in log  # no GPU here, and none is claimed
+    # No GPU here, and none is claimed; one thread per process, from the pod's CPU limit
+    # (its cgroup quota), though the node has 2 CPUs.
+    assert "on 2 processes (2 nodes, cpu, 1 thread per process)" in log
 
     # Prometheus found the pods by itself and holds the loss over time, falling.
     loss = f'finetune_train_loss{{finetunejob="mrpc",namespace="{namespace}",pod="mrpc-node-0"}}'

@@ -74,16 +74,26 @@ def _load_spec(env: TrainerEnv) -> dict[str, Any]:
     return spec
 
 
-def available_cpus() -> int:
-    """CPUs this container may use: its cgroup quota, else its affinity mask."""
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this container may use: its CPU limit (the cgroup quota, v2 or v1), else its
+    affinity mask. Without it, every pod of a node would start one thread per host CPU."""
     cpus = len(os.sched_getaffinity(0))
+    quota = _cpu_quota(cgroup)
+    return min(cpus, max(1, int(quota))) if quota else cpus
+
+
+def _cpu_quota(cgroup: Path) -> float | None:
+    """The CPU limit in CPUs, or None when there is none (or no cgroup to read)."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, int(quota) // int(period)))
+        if (cgroup / "cpu.max").exists():  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+            quota, period = (cgroup / "cpu.max").read_text().split()
+            return None if quota == "max" else int(quota) / int(period)
+        v1 = cgroup / "cpu"  # cgroup v1: quota -1 means no limit
+        quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+        period_us = int((v1 / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
     except (OSError, ValueError):
-        pass
-    return cpus
+        return None
 
 
 def _at_least(field: str, value: int, minimum: int) -> int:

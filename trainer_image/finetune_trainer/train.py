@@ -114,6 +114,13 @@ def build_optimizer(model: torch.nn.Module, t: TrainingSpec, total: int) -> tupl
     return optimizer, scheduler
 
 
+def _device_text(device: str, threads: int) -> str:
+    """How the start line names where training runs: "cuda", or "cpu, N threads per process"."""
+    if device != "cpu":
+        return device
+    return f"cpu, {threads} thread{'s' if threads != 1 else ''} per process"
+
+
 def parameter_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
@@ -338,7 +345,7 @@ class Run:
                 state.total_steps,
                 self.world,
                 cfg.num_nodes,
-                self.acc.device.type,
+                _device_text(self.acc.device.type, cfg.cpu_threads),
                 t.per_device_train_batch_size * t.gradient_accumulation_steps * self.world,
             )
         last_save = time.monotonic()
