@@ -68,12 +68,12 @@ def test_kubectl_apply_trains_a_two_node_job_to_succeeded(
     total = status["progress"]["totalSteps"]
     assert status["progress"]["step"] == total
     # kubectl get ftj showed the training move while it ran: several steps short of
-    # the end, each with a loss.
-    moving = {
-        (row["STEP"], row["LOSS"]) for row in seen if row["STEP"] not in ("<none>", str(total))
-    }
+    # the end, each with a loss; before the first step, no loss rather than a 0.
+    shown = {(r["STEP"], r["LOSS"]) for r in seen if r["STEP"] not in ("<none>", str(total))}
+    moving = {(step, loss) for step, loss in shown if step != "0"}
     assert len(moving) >= 2, seen
     assert all(float(loss) > 0 for _, loss in moving)
+    assert all(loss == "<none>" for step, loss in shown if step == "0"), seen
 
     # The gang: one pod per node, the trainer image, rendezvous at rank 0's name in
     # the headless Service, both exited 0, parameters equal on both ranks at the end.
