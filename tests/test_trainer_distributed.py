@@ -11,25 +11,13 @@ from typing import Any
 import pytest
 import torch
 
-from trainer_support import load_weights, mrpc_spec, run_nodes
+from trainer_support import download_output, load_weights, mrpc_spec, run_nodes
 
 
 def with_s3(spec: dict[str, Any], s3: Any) -> dict[str, Any]:
     spec = copy.deepcopy(spec)
     spec["s3"] = {"endpoint": s3.endpoint, "forcePathStyle": True, "region": "us-east-1"}
     return spec
-
-
-def download_output(s3: Any, prefix: str, dest: Path) -> Path:
-    client = s3.client()
-    for page in client.get_paginator("list_objects_v2").paginate(
-        Bucket="ckpt", Prefix=f"{prefix}-out/"
-    ):
-        for obj in page.get("Contents", []):
-            path = dest / obj["Key"][len(prefix) + 5 :]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file("ckpt", obj["Key"], str(path))
-    return dest
 
 
 def reference_training(

@@ -273,3 +273,16 @@ def mrpc_spec(uris: dict[str, str], prefix: str, **training: Any) -> dict[str, A
         "checkpoints": {"uri": f"s3://ckpt/{prefix}", "saveSteps": 10, "saveTotalLimit": 2},
         "output": {"uri": f"s3://ckpt/{prefix}-out"},
     }
+
+
+def download_output(s3: Any, prefix: str, dest: Path) -> Path:
+    """The final model of an mrpc_spec job (s3://ckpt/PREFIX-out) into dest."""
+    client = s3.client()
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket="ckpt", Prefix=f"{prefix}-out/"
+    ):
+        for obj in page.get("Contents", []):
+            path = dest / obj["Key"][len(prefix) + 5 :]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file("ckpt", obj["Key"], str(path))
+    return dest

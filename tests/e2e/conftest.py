@@ -14,7 +14,7 @@ from controlplane import ROOT
 from kubernetes import client
 
 from conftest import Cluster
-from e2e.support import CHART, RESTRICTED, build_image, s3_job
+from e2e.support import CHART, RESTRICTED, build_image, s3_job, s3_secret
 from prometheus.server import Prometheus
 
 SCRAPE_CONFIG = ROOT / "manifests" / "prometheus" / "scrape-config.yaml"
@@ -134,7 +134,5 @@ def mrpc_job(
 ) -> Callable[..., dict[str, Any]]:
     """Makes two-node MRPC jobs of the trainer image (`mrpc_job(name, **training)`), with
     the operator running and the S3 keys in the Secret "s3-keys" of the test's namespace."""
-    cluster.core.create_namespaced_secret(
-        namespace, {"metadata": {"name": "s3-keys"}, "stringData": s3.env()}
-    )
+    s3_secret(cluster, namespace, s3)
     return lambda name, **training: s3_job(name, trainer_image, s3, mrpc_in_s3, **training)

@@ -90,5 +90,11 @@ def s3_job(name: str, image: str, s3: Any, uris: dict[str, str], **training: Any
         "region": "us-east-1",
         "credentialsSecret": {"name": "s3-keys"},
     }
-    job = two_node_job(name, image, **spec, scheduling=spread(name))
-    return job
+    return two_node_job(name, image, **spec, scheduling=spread(name))
+
+
+def s3_secret(cluster: Cluster, namespace: str, s3: Any) -> None:
+    """The Secret "s3-keys" that s3_job's pods read their S3 keys from."""
+    cluster.core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "s3-keys"}, "stringData": s3.env()}
+    )

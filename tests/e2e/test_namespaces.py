@@ -12,7 +12,7 @@ import pytest
 from controlplane import wait_for
 
 from conftest import Cluster
-from e2e.support import RESTRICTED, ended
+from e2e.support import RESTRICTED, ended, s3_secret
 from finetune_api import names as c
 from finetune_api.checkpoints import OWNER, owner_of
 from prometheus.server import Prometheus
@@ -27,9 +27,7 @@ def other_namespace(cluster: Cluster, s3: Any) -> Iterator[str]:
         60,
         f"the default ServiceAccount of {name}",
     )
-    cluster.core.create_namespaced_secret(
-        name, {"metadata": {"name": "s3-keys"}, "stringData": s3.env()}
-    )
+    s3_secret(cluster, name, s3)
     yield name
     cluster.core.delete_namespace(name)
 

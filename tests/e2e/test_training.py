@@ -20,22 +20,13 @@ from e2e.support import ended, operator_pod, wait_placed
 from finetune_api import names as c
 from finetune_api.checkpoints import MANIFEST, step_of
 from prometheus.server import Prometheus
-from trainer_support import MRPC, iter_s3_keys, load_weights
+from trainer_support import MRPC, download_output, iter_s3_keys, load_weights
 
 
 def get_ftj(cluster: Cluster, namespace: str, name: str) -> dict[str, str]:
     """`kubectl get ftj NAME`'s columns, as a user reads them."""
     out = cluster.kubectl("get", "ftj", name, "-n", namespace).stdout.splitlines()
     return dict(zip(out[0].split(), out[1].split(), strict=True))
-
-
-def download(s3: Any, bucket: str, prefix: str, dest: Path) -> Path:
-    client = s3.client()
-    for key in iter_s3_keys(client, bucket, prefix + "/"):
-        path = dest / key[len(prefix) + 1 :]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        client.download_file(bucket, key, str(path))
-    return dest
 
 
 @pytest.mark.timeout(2400)  # the trainer image may first be imported into both nodes
@@ -123,7 +114,7 @@ def test_kubectl_apply_trains_a_two_node_job_to_succeeded(
     # The final model loads and predicts, and training changed it.
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model_dir = download(s3, "ckpt", "mrpc-out", tmp_path / "model")
+    model_dir = download_output(s3, "mrpc", tmp_path / "model")
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = [line.split("\t") for line in (MRPC / "dev.tsv").read_text().splitlines()[1:9]]
