@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from controlplane import ROOT, free_port, wait_for
 from kubernetes import client, watch
@@ -78,18 +78,16 @@ class PodRecord:
 
 
 @dataclass
-class Kubelet:
-    """Writes pod status the way a kubelet would, for pods in one namespace."""
+class PodWatch:
+    """Records every watch event about the pods of one namespace, in commit order."""
 
     core: client.CoreV1Api
     namespace: str
-    pod_ip: str = "127.0.0.1"
     history: list[PodRecord] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-    auto_run: bool = False
 
-    def start(self) -> Kubelet:
+    def start(self) -> Self:
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
         return self
@@ -128,6 +126,38 @@ class Kubelet:
                     resource_version = None
             except Exception:  # noqa: S110 - the watch reconnects where it was
                 pass
+
+    def _act(self, pod: Any, kind: str) -> None:
+        """What a subclass does with each event (nothing here)."""
+
+    def overlaps(self) -> list[str]:
+        """Pods of a job's newer attempt that appeared while a pod of an older one existed."""
+        alive: dict[str, PodRecord] = {}
+        found = []
+        for rec in self.history:
+            if rec.type == "DELETED":
+                alive.pop(rec.uid, None)
+                continue
+            if rec.type == "ADDED":
+                older = [
+                    a.attempt
+                    for a in alive.values()
+                    if a.job == rec.job and int(a.attempt or 0) < int(rec.attempt or 0)
+                ]
+                if older:
+                    found.append(
+                        f"{rec.name} (attempt {rec.attempt}) while attempt {older[0]} lived"
+                    )
+            alive[rec.uid] = rec
+        return found
+
+
+@dataclass
+class Kubelet(PodWatch):
+    """Writes pod status the way a kubelet would, for pods in one namespace."""
+
+    pod_ip: str = "127.0.0.1"
+    auto_run: bool = False
 
     def _act(self, pod: Any, kind: str) -> None:
         if kind == "DELETED":
@@ -216,27 +246,6 @@ class Kubelet:
                 ],
             },
         )
-
-    def overlaps(self) -> list[str]:
-        """Pods of a job's newer attempt that appeared while a pod of an older one existed."""
-        alive: dict[str, PodRecord] = {}
-        found = []
-        for rec in self.history:
-            if rec.type == "DELETED":
-                alive.pop(rec.uid, None)
-                continue
-            if rec.type == "ADDED":
-                older = [
-                    a.attempt
-                    for a in alive.values()
-                    if a.job == rec.job and int(a.attempt or 0) < int(rec.attempt or 0)
-                ]
-                if older:
-                    found.append(
-                        f"{rec.name} (attempt {rec.attempt}) while attempt {older[0]} lived"
-                    )
-            alive[rec.uid] = rec
-        return found
 
 
 class OperatorProcess:

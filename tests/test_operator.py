@@ -2,7 +2,11 @@
 
 kube-apiserver, kube-controller-manager (garbage collection) and kube-scheduler
 run; GPU nodes are Node objects; no kubelet runs, so operator_support.Kubelet
-writes pod status through the API the way a kubelet would.
+writes pod status through the API the way a kubelet would. These are the rules
+that would each cost minutes of real training on real nodes (TTL, suspend,
+backoff limits, 20 operator kills, progress races, RBAC, PodGroups); what a
+user sees of a job on real pods (running, gang restarts without overlap, node
+loss, missing Secret or image) is tested on the real nodes in tests/e2e/.
 """
 
 from __future__ import annotations
@@ -146,28 +150,6 @@ def test_a_job_becomes_a_service_and_a_gang_of_pods_then_runs(
     assert cluster.kubectl("get", "ftj", "bert", "-n", ns).stdout.count("Running") == 1
 
 
-def test_a_retryable_failure_restarts_the_whole_gang_without_overlap(
-    cluster: Cluster, world: dict[str, Any]
-) -> None:
-    ns, kubelet = world["ns"], world["kubelet"]
-    cluster.create_job(ns, job_body("retry"))
-    run_all(kubelet, scheduled_pods(cluster, ns, "retry", 2))
-    wait_phase(cluster, ns, "retry", "Running")
-
-    kubelet.exit("retry-node-1", ExitCode.RETRYABLE, "lost rank 0: connection reset")
-    new = scheduled_pods(cluster, ns, "retry", 2, attempt="2")
-    st = status(cluster, ns, "retry")
-    assert st["attempt"] == 2
-    assert st["restartCount"] == 1
-    assert "connection reset" in cond(st, "Restarting")["message"]
-    # Every pod of attempt 1 was gone before any pod of attempt 2 was created.
-    assert kubelet.overlaps() == []
-    assert {p.metadata.labels[c.LABEL_ATTEMPT] for p in pods_of(cluster, ns, "retry")} == {"2"}
-    run_all(kubelet, new)
-    st = wait_phase(cluster, ns, "retry", "Running")
-    assert cond(st, "Restarting")["reason"] == "Recovered"
-
-
 def test_the_permanent_error_code_fails_at_once_and_backoff_limit_is_kept(
     cluster: Cluster, world: dict[str, Any]
 ) -> None:
@@ -281,28 +263,6 @@ def test_more_gpus_than_any_node_has_is_reported_unschedulable(
     assert "huge-node-0" in message
     assert "Insufficient nvidia.com/gpu" in message
     wait_for(lambda: "Unschedulable" in events_of(cluster, ns, "huge"), 20, "a warning event")
-
-
-def test_a_missing_secret_or_image_is_a_condition_with_the_kubelets_reason(
-    cluster: Cluster, world: dict[str, Any]
-) -> None:
-    ns, kubelet = world["ns"], world["kubelet"]
-    cluster.create_job(ns, job_body("nosecret", nodes=1))
-    pod = scheduled_pods(cluster, ns, "nosecret", 1)[0]
-    kubelet.waiting(
-        pod.metadata.name, "CreateContainerConfigError", 'secret "s3-credentials" not found'
-    )
-    st = wait_for(
-        lambda: (
-            cond(s := status(cluster, ns, "nosecret"), "Running").get("reason")
-            == "ContainerConfigError"
-            and s
-        ),
-        20,
-        "the ContainerConfigError reason",
-    )
-    assert 'secret "s3-credentials" not found' in cond(st, "Running")["message"]
-    assert st["phase"] == "Created"
 
 
 def test_progress_is_read_from_rank0_and_a_spec_edit_during_status_writes_is_kept(

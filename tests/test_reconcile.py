@@ -115,6 +115,44 @@ def test_a_retryable_failure_starts_a_new_attempt_only_after_the_old_pods_are_go
     assert "mrpc-node-1 exited with code 75: lost the rendezvous with rank 0" in message
 
 
+def test_old_pods_stuck_on_a_lost_node_are_removed_so_the_next_attempt_starts() -> None:
+    obj, pods = running_job()
+    pods[0] = with_phase(pods[0], "Failed", 1, "connection reset by rank 1")
+    obj = apply(obj, reconcile(obj, pods, NOW))
+    deleted = copy.deepcopy(pods)
+    for p, node in zip(deleted, ("node-a", "node-b"), strict=True):
+        p["spec"]["nodeName"] = node
+        p["metadata"]["deletionTimestamp"] = (NOW + timedelta(seconds=30)).isoformat()
+    # node-b's kubelet stopped; pod 1 stays terminating. Within its grace period,
+    # nothing is forced, and the job looks again when the grace period ends.
+    early = reconcile(obj, deleted[1:], NOW, lost_nodes=frozenset({"node-b"}))
+    assert (early.force_delete_pods, early.create, early.requeue_after) == ([], [], 31.0)
+    later = NOW + timedelta(seconds=45)
+    # Past it, on a node that is still ready: its kubelet is stopping it; wait.
+    ready = reconcile(obj, deleted[1:], later, lost_nodes=frozenset())
+    assert (ready.force_delete_pods, ready.create) == ([], [])
+    assert ready.requeue_after is not None
+    # Past it, on a lost node: removed with grace 0, and the event names pod and node.
+    lost = reconcile(obj, deleted[1:], later, lost_nodes=frozenset({"node-b"}))
+    assert (lost.force_delete_pods, lost.delete_pods, lost.create) == (["mrpc-node-1"], [], [])
+    event = next(e for e in lost.events if e.reason == c.Reason.NODE_LOST)
+    assert "mrpc-node-1 of attempt 1 is on node node-b" in event.message
+    assert "attempt 2 can start" in event.message
+    # Pods of the current attempt are never forced, whatever their node.
+    current = reconcile(apply(obj, lost), [], later)
+    assert [p["metadata"]["name"] for p in current.create if p["kind"] == "Pod"] == [
+        "mrpc-node-0",
+        "mrpc-node-1",
+    ]
+    for p in current.create:
+        if p["kind"] == "Pod":
+            p["spec"]["nodeName"] = "node-b"
+            p["metadata"]["deletionTimestamp"] = NOW.isoformat()
+    pods2 = [x for x in current.create if x["kind"] == "Pod"]
+    again = reconcile(apply(obj, current), pods2, later, lost_nodes=frozenset({"node-b"}))
+    assert again.force_delete_pods == []
+
+
 def test_the_permanent_error_code_fails_the_job_at_once() -> None:
     obj, pods = running_job()
     pods[0] = with_phase(

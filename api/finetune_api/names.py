@@ -78,6 +78,8 @@ class Reason(StrEnum):
     # Kubelet waiting reasons the operator passes on: bad image, missing Secret, ...
     IMAGE_PULL = "ImagePullFailed"
     CONTAINER_CONFIG = "ContainerConfigError"
+    # An earlier attempt's pod removed from a node whose kubelet stopped reporting.
+    NODE_LOST = "NodeLost"
 
 
 class ConditionStatus(StrEnum):

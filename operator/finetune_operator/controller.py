@@ -27,6 +27,7 @@ from finetune_api import names as c
 from finetune_api.names import node_name
 
 from .kube import Kube
+from .node_loss import nodes_to_check
 from .progress import Reading, scrape
 from .reconcile import Settings, phase_of, reconcile
 
@@ -257,12 +258,15 @@ class Controller:
         pods = self.kube.list_pods(job)
         now = self.clock()
         reading = self._read_progress(job, pods, now)
-        plan = reconcile(job, pods, now, self.settings, reading)
+        lost = frozenset(n for n in nodes_to_check(pods, now) if not self.kube.node_ready(n))
+        plan = reconcile(job, pods, now, self.settings, reading, lost)
         new_status = plan.status.to_wire()
         if new_status != (job.get("status") or {}):
             self.kube.patch_status(job, new_status)
         for pod_name in plan.delete_pods:
             self.kube.delete_pod(namespace, pod_name)
+        for pod_name in plan.force_delete_pods:
+            self.kube.delete_pod(namespace, pod_name, grace_seconds=0)
         for manifest in plan.create:
             created = self.kube.create(manifest)
             if created and manifest["kind"] == "Pod":

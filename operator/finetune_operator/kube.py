@@ -102,12 +102,31 @@ class Kube:
             raise
         return True
 
-    def delete_pod(self, namespace: str, name: str) -> None:
+    def delete_pod(self, namespace: str, name: str, grace_seconds: int | None = None) -> None:
         try:
-            self.core.delete_namespaced_pod(name, namespace, _preload_content=False)
+            self.core.delete_namespaced_pod(
+                name, namespace, grace_period_seconds=grace_seconds, _preload_content=False
+            )
         except ApiException as e:
             if e.status != 404:
                 raise
+
+    # --- nodes -----------------------------------------------------------------------
+
+    def node_ready(self, name: str) -> bool:
+        """Whether a node's kubelet reports it Ready. A node that no longer exists is
+        not; one the operator may not read counts as ready (nothing is forced)."""
+        try:
+            node = _json(self.core.read_node(name, _preload_content=False))
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            if e.status == 403:
+                log.warning("may not read node %s (RBAC: nodes get): assuming it is ready", name)
+                return True
+            raise
+        conditions = node.get("status", {}).get("conditions") or []
+        return any(x.get("type") == "Ready" and x.get("status") == "True" for x in conditions)
 
     def event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
         meta = job["metadata"]

@@ -28,6 +28,7 @@ from finetune_api.names import Phase, Reason
 from finetune_api.types import CheckpointRef, Condition, FineTuneJobStatus
 
 from .builders import Defaults, Gang, Job, pod, pod_group, service
+from .node_loss import left_behind, next_look, node_of
 from .progress import Reading
 
 FINISHED = (Phase.SUCCEEDED, Phase.FAILED)
@@ -76,6 +77,8 @@ class Plan:
     status: FineTuneJobStatus
     create: list[dict[str, Any]] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
+    # Deleted pods whose node is lost: removed with grace period 0 (node_loss.py).
+    force_delete_pods: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
     restarted: bool = False
@@ -223,8 +226,10 @@ class _Reconcile:
         now: datetime,
         settings: Settings,
         reading: Reading | None,
+        lost_nodes: frozenset[str],
     ) -> None:
         self.obj, self.now, self.settings, self.reading = obj, now, settings, reading
+        self.lost_nodes = lost_nodes
         self.job = Job.from_object(obj)
         self.spec = self.job.spec
         self.generation = obj["metadata"].get("generation")
@@ -279,7 +284,7 @@ class _Reconcile:
             self._suspend()
         elif not self._deadline_passed():
             self._advance()
-        self.plan.events = transition_events(self.old, self.st)
+        self.plan.events = transition_events(self.old, self.st) + self.plan.events
         return self.plan
 
     def _suspend(self) -> None:
@@ -316,6 +321,7 @@ class _Reconcile:
         if self.stale:
             # An earlier attempt's pods must be gone before this attempt starts.
             self.delete(self.stale)
+            self._release_lost_pods()
             if st.phase is None:
                 st.phase = Phase.PENDING
             return
@@ -343,6 +349,20 @@ class _Reconcile:
         if gone:
             self._create(gone)
         self._observe()
+
+    def _release_lost_pods(self) -> None:
+        for p in left_behind(self.stale, self.lost_nodes, self.now):
+            name = p["metadata"]["name"]
+            self.plan.force_delete_pods.append(name)
+            message = (
+                f"pod {name} of attempt {attempt_of(p)} is on node {node_of(p)}, which is not "
+                f"ready: removed without its kubelet's confirmation so that attempt "
+                f"{self.st.attempt} can start"
+            )
+            self.plan.events.append(Event("Warning", Reason.NODE_LOST, message))
+        wait = next_look(self.stale, self.now)
+        if wait is not None:
+            self.plan.requeue(wait)
 
     def _create(self, missing: list[int]) -> None:
         st, job, s = self.st, self.job, self.settings
@@ -463,7 +483,9 @@ def reconcile(
     now: datetime,
     settings: Settings | None = None,
     reading: Reading | None = None,
+    lost_nodes: frozenset[str] = frozenset(),
 ) -> Plan:
     """The next plan for one job, given its pods (all attempts) as the API shows them,
-    and what its rank-0 pod's metrics said (if it runs)."""
-    return _Reconcile(obj, pods, now, settings or Settings(), reading).run()
+    what its rank-0 pod's metrics said (if it runs), and which of the nodes that
+    node_loss.nodes_to_check named are not ready."""
+    return _Reconcile(obj, pods, now, settings or Settings(), reading, lost_nodes).run()

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -43,6 +43,7 @@ NODE_NAMES = ("ft-node-0", "ft-node-1")
 # The gateway of the nodes' pod bridge: where pods find the host's services.
 POD_GATEWAY = "10.213.0.1"
 PIDS_FILE = "pids.json"
+NODE_LIFECYCLE = "node-lifecycle"  # a second controller-manager, only while a test asks
 
 
 T = TypeVar("T")
@@ -228,10 +229,10 @@ class ControlPlane:
     def tool(self, name: str) -> str:
         return str(self.bin_dir / name)
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], binary: str | None = None) -> None:
         log = (self.workdir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            [self.tool(name if name != "etcd" else "etcd"), *args],
+            [self.tool(binary or name), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -422,17 +423,51 @@ class ControlPlane:
             timeout=120,
         )
 
+    @contextlib.contextmanager
+    def node_lifecycle(self, grace: int = 20) -> Iterator[None]:
+        """The node lifecycle controller, while the block runs: it marks a node whose
+        kubelet stopped reporting for `grace` seconds as not ready (Ready=Unknown) and
+        taints it unreachable. The controller-manager runs without it, because most
+        tests register Node objects that no kubelet heartbeats; a test of real nodes
+        runs it here, with a shorter grace than the default 50 s (their kubelets renew
+        their lease every 5 s). Its taints stay when it stops, so the block returns
+        the nodes to health first."""
+        self._spawn(
+            NODE_LIFECYCLE,
+            [
+                "--kubeconfig", str(self.workdir / "controller-manager.kubeconfig"),
+                "--secure-port", "0",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                "--service-account-private-key-file", str(self.workdir / "pki" / "sa.key"),
+                "--root-ca-file", str(self.workdir / "pki" / "ca.crt"),
+                "--controllers", "nodelifecycle",
+                "--node-monitor-period", "2s",
+                "--node-monitor-grace-period", f"{grace}s",
+                "--v=1",
+            ],
+            binary="kube-controller-manager",
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            self._stop(NODE_LIFECYCLE)
+
+    def _stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
     def stop(self) -> None:
-        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
-            proc = self.procs.pop(name, None)
-            if proc is None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for name in (NODE_LIFECYCLE, "kube-scheduler", "kube-controller-manager",
+                     "kube-apiserver", "etcd"):  # fmt: skip
+            self._stop(name)
 
 
 def _down(workdir: Path) -> None:

@@ -15,6 +15,7 @@ from kubernetes import client
 
 from conftest import Cluster
 from e2e.support import CHART, RESTRICTED, build_image, s3_job, s3_secret
+from operator_support import PodWatch
 from prometheus.server import Prometheus
 
 SCRAPE_CONFIG = ROOT / "manifests" / "prometheus" / "scrape-config.yaml"
@@ -136,3 +137,13 @@ def mrpc_job(
     the operator running and the S3 keys in the Secret "s3-keys" of the test's namespace."""
     s3_secret(cluster, namespace, s3)
     return lambda name, **training: s3_job(name, trainer_image, s3, mrpc_in_s3, **training)
+
+
+@pytest.fixture
+def pod_watch(cluster: Cluster, namespace: str) -> Iterator[PodWatch]:
+    """Every pod event of the test's namespace, recorded from before its first job."""
+    recorder = PodWatch(cluster.core, namespace).start()
+    try:
+        yield recorder
+    finally:
+        recorder.stop()

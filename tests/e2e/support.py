@@ -3,6 +3,7 @@ where pods ran."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,26 @@ def s3_secret(cluster: Cluster, namespace: str, s3: Any) -> None:
     cluster.core.create_namespaced_secret(
         namespace, {"metadata": {"name": "s3-keys"}, "stringData": s3.env()}
     )
+
+
+def attempt_running(cluster: Cluster, namespace: str, name: str, attempt: int) -> dict[str, Any]:
+    """Status once `attempt` trains and has committed a checkpoint of its own."""
+    since: dict[str, int] = {}
+
+    def committed() -> dict[str, Any] | None:
+        status: dict[str, Any] = cluster.get_job(namespace, name).get("status") or {}
+        assert status.get("phase") not in ("Failed", "Succeeded"), status
+        if status.get("attempt") != attempt or status.get("phase") != "Running":
+            return None
+        step = (status.get("lastCheckpoint") or {}).get("step", 0)
+        since.setdefault("step", step)
+        return status if step > since["step"] else None
+
+    return wait_for(committed, 600, f"attempt {attempt} to commit a checkpoint", every=0.5)
+
+
+def resumed_at(cluster: Cluster, namespace: str, name: str) -> int:
+    log = cluster.core.read_namespaced_pod_log(c.node_name(name, 0), namespace)
+    found = re.search(r"resuming from \S+ at step (\d+)", log)
+    assert found, log[-3000:]
+    return int(found.group(1))

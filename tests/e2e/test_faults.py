@@ -7,7 +7,6 @@ is killed by the kernel, and the job says so."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +16,9 @@ import pytest
 from controlplane import wait_for
 
 from conftest import Cluster
-from e2e.support import ended, operator_pod
+from e2e.support import attempt_running, ended, operator_pod, resumed_at
 from finetune_api import names as c
+from operator_support import PodWatch
 
 
 def training_process(namespace: str, job: str, node: int) -> int | None:
@@ -42,35 +42,13 @@ def training_process(namespace: str, job: str, node: int) -> int | None:
     return None
 
 
-def attempt_running(cluster: Cluster, namespace: str, name: str, attempt: int) -> dict[str, Any]:
-    """Status once `attempt` trains and has committed a checkpoint of its own."""
-    since: dict[str, int] = {}
-
-    def committed() -> dict[str, Any] | None:
-        status: dict[str, Any] = cluster.get_job(namespace, name).get("status") or {}
-        assert status.get("phase") not in ("Failed", "Succeeded"), status
-        if status.get("attempt") != attempt or status.get("phase") != "Running":
-            return None
-        step = (status.get("lastCheckpoint") or {}).get("step", 0)
-        since.setdefault("step", step)
-        return status if step > since["step"] else None
-
-    return wait_for(committed, 600, f"attempt {attempt} to commit a checkpoint", every=0.5)
-
-
-def resumed_at(cluster: Cluster, namespace: str, name: str) -> int:
-    log = cluster.core.read_namespaced_pod_log(c.node_name(name, 0), namespace)
-    found = re.search(r"resuming from \S+ at step (\d+)", log)
-    assert found, log[-3000:]
-    return int(found.group(1))
-
-
 @pytest.mark.timeout(2400)  # the trainer image may first be imported into both nodes
 def test_a_killed_trainer_and_a_deleted_pod_each_restart_the_gang_from_its_checkpoint(
     cluster: Cluster,
     namespace: str,
     mrpc_job: Callable[..., dict[str, Any]],
     operator: dict[str, str],
+    pod_watch: PodWatch,
 ) -> None:
     job = mrpc_job("faulty", numTrainEpochs=2)
     job["spec"]["checkpoints"]["saveSteps"] = 20
@@ -121,6 +99,9 @@ def test_a_killed_trainer_and_a_deleted_pod_each_restart_the_gang_from_its_check
         if e.involved_object.kind == c.KIND
     ]
     assert {c.Reason.POD_FAILED, c.Reason.POD_DELETED} <= set(reasons), reasons
+    # No pod of a newer attempt appeared while one of an older attempt existed.
+    assert pod_watch.history, "the pod watch saw nothing"
+    assert pod_watch.overlaps() == []
 
 
 def test_a_trainer_over_its_memory_limit_is_oom_killed_and_the_job_says_so(

@@ -198,6 +198,9 @@ def kubelet_config(node: Node, cluster_dir: Path, resolv: Path) -> dict[str, Any
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
         "nodeStatusUpdateFrequency": "4s",
+        # The lease is the heartbeat; renewed every quarter of its duration (5 s), so
+        # a node lifecycle controller's grace of 20 s spans four renewals.
+        "nodeLeaseDurationSeconds": 20,
         "syncFrequency": "10s",
         "fileCheckFrequency": "10s",
     }

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +34,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "cluster"))
 sys.path.insert(0, str(HERE))
 
+import host  # noqa: E402
 import layout  # noqa: E402
+import nodeapi  # noqa: E402
 from controlplane import (  # noqa: E402
     DEFAULT_DIR,
     NODE_NAMES,
@@ -48,8 +49,6 @@ from layout import (  # noqa: E402
     CGROUP_ROOT,
     DNS_IP,
     GATEWAY,
-    GPU_RESOURCE,
-    KUBELET_CHAIN,
     NETNS_DIR,
     PAUSE_IMAGE,
     POD_CIDR,
@@ -108,8 +107,8 @@ class NodeSet:
         if self.count > len(NODE_NAMES):
             raise ValueError(f"at most {len(NODE_NAMES)} nodes (the control plane's tokens)")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.netns_before = sorted(_netns())
-        self.netns_mounted_before = NETNS_DIR in _mounts()
+        self.netns_before = sorted(host.netns())
+        self.netns_mounted_before = NETNS_DIR in host.mounts()
         roots = cache_dir() / "node-containerd"
         self.nodes = [
             Node(name, i, str(self.workdir / name), str(roots / name))
@@ -132,13 +131,31 @@ class NodeSet:
             self._kubelet(node)
         self._save()
         for node in self.nodes:
-            wait_for(lambda n=node: self._ready(n.name), timeout, f"node {node.name} Ready")
-            self._advertise_gpus(node)
+            self._joined(node, timeout)
         for node in self.nodes:
-            # The scheduler reads allocatable, which the kubelet derives at its next update.
-            wait_for(lambda n=node: self._allocatable_gpus(n.name) == self.gpus_per_node,
-                     timeout, f"GPUs allocatable on {node.name}")  # fmt: skip
+            self._gpus_allocatable(node, timeout)
         return self
+
+    # --- node loss -----------------------------------------------------------------------
+
+    def lose(self, name: str) -> None:
+        """A node dies: its kubelet is killed without warning, and so is every process
+        of its pods; containerd stays (all it knew dies with the containers)."""
+        pid = self.pids.pop(f"kubelet/{name}")
+        self._save()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        host.stop(pid)  # reaps it
+        for sub in host.cgroup_subsystems(unified=True):
+            host.kill_cgroup(CGROUP_ROOT / sub / name)
+
+    def restore(self, name: str, timeout: float = 120.0) -> None:
+        """The node's kubelet starts again, with its pods as the API now has them."""
+        node = next(n for n in self.nodes if n.name == name)
+        if f"kubelet/{name}" not in self.pids:
+            self._kubelet(node)
+        self._joined(node, timeout)
+        self._gpus_allocatable(node, timeout)
 
     def load_image(self, archive: Path, name: str) -> None:
         """Import a docker-archive into every node's containerd (skipped where the
@@ -207,7 +224,7 @@ class NodeSet:
                     node.path / "containerd.log")  # fmt: skip
 
     def _kubelet(self, node: Node) -> None:
-        for sub in _cgroup_subsystems():
+        for sub in host.cgroup_subsystems():
             (CGROUP_ROOT / sub / node.name).mkdir(exist_ok=True)
         resolv = node.path / "resolv.conf"
         resolv.write_text(f"nameserver {DNS_IP}\n")
@@ -231,38 +248,25 @@ class NodeSet:
         )  # fmt: skip
 
     def _kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return _run(str(binaries() / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args,
-                    check=check)  # fmt: skip
+        return nodeapi.kubectl(self.kubeconfig, *args, check=check)
 
-    def _ready(self, name: str) -> bool:
-        self._check_alive()
-        got = self._kubectl(
-            "get", "node", name, "-o",
-            "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False,
-        )  # fmt: skip
-        return got.stdout.strip() == "True"
+    def _joined(self, node: Node, timeout: float) -> None:
+        """Wait for the node to be Ready, then advertise its GPUs; the scheduler reads
+        allocatable, which the kubelet derives at its next update."""
+        wait_for(lambda: self._check_alive() or nodeapi.ready(self.kubeconfig, node.name),
+                 timeout, f"node {node.name} Ready")  # fmt: skip
+        nodeapi.advertise_gpus(self.kubeconfig, node.name, self.gpus_per_node)
 
-    def _advertise_gpus(self, node: Node) -> None:
-        """What a device plugin would do on a GPU node: the documented status patch."""
-        patch = [
-            {
-                "op": "add",
-                "path": "/status/capacity/" + GPU_RESOURCE.replace("/", "~1"),
-                "value": str(self.gpus_per_node),
-            }
-        ]
-        self._kubectl("patch", "node", node.name, "--subresource", "status", "--type", "json",
-                      "-p", json.dumps(patch))  # fmt: skip
+    def _gpus_allocatable(self, node: Node, timeout: float) -> None:
+        def counted() -> bool:
+            self._check_alive()
+            return nodeapi.allocatable_gpus(self.kubeconfig, node.name) == self.gpus_per_node
 
-    def _allocatable_gpus(self, name: str) -> int:
-        self._check_alive()
-        path = "{.status.allocatable." + GPU_RESOURCE.replace(".", "\\.") + "}"
-        got = self._kubectl("get", "node", name, "-o", f"jsonpath={path}", check=False)
-        return int(got.stdout.strip() or 0)
+        wait_for(counted, timeout, f"GPUs allocatable on {node.name}")
 
     def _check_alive(self) -> None:
         for key, pid in self.pids.items():
-            if not _alive(pid):
+            if not host.alive(pid):
                 log = self._log_of(key)
                 tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
                 raise NodeDied(f"{key} exited:\n{tail}")
@@ -307,130 +311,8 @@ class NodeSet:
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 self._kubectl("delete", "node", node.name, "--ignore-not-found", "--wait=false",
                               check=False)  # fmt: skip
-        for key in sorted(self.pids, key=lambda k: not k.startswith("kubelet")):
-            _stop(self.pids[key])
-        for node in self.nodes:
-            for sub in _cgroup_subsystems(unified=True):
-                _kill_cgroup(CGROUP_ROOT / sub / node.name)
-        # Shims outlive containerd; they are the node's by their socket address.
-        for pid, cmdline in _processes():
-            if "containerd-shim" in cmdline and str(self.workdir) in cmdline:
-                _stop(pid)
-        for mount in reversed(_mounts()):
-            if mount.startswith(str(self.workdir)) or mount.startswith(f"{NETNS_DIR}/cni-"):
-                if (
-                    mount.startswith(f"{NETNS_DIR}/")
-                    and mount.rsplit("/", 1)[-1] in self.netns_before
-                ):
-                    continue
-                _run("umount", "-l", mount, check=False)
-        for name in set(_netns()) - set(self.netns_before):
-            if name.startswith("cni-"):
-                _run("ip", "netns", "delete", name, check=False)
-        for node in self.nodes:
-            for sub in _cgroup_subsystems(unified=True):
-                _remove_cgroup(CGROUP_ROOT / sub / node.name)
-        if not self.netns_mounted_before and NETNS_DIR in _mounts():
-            _run("umount", NETNS_DIR, check=False)  # made shared by the first pod network
-        _run("ip", "link", "delete", BRIDGE, check=False)
-        # kube-proxy's own cleanup removes its chains and rules; the kubelet's
-        # localnet firewall chain goes by hand.
-        _run(str(binaries() / "kube-proxy"), "--cleanup", check=False)
-        for tool in ("iptables", "ip6tables"):
-            for hook in ("INPUT", "OUTPUT"):
-                while _run(tool, "-D", hook, "-j", KUBELET_CHAIN, check=False).returncode == 0:
-                    pass
-            _run(tool, "-F", KUBELET_CHAIN, check=False)
-            _run(tool, "-X", KUBELET_CHAIN, check=False)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _cgroup_subsystems(unified: bool = False) -> list[str]:
-    """The cgroup v1 hierarchies (the kubelet wants its root in each), and with
-    `unified` the v2 one too (where it also leaves folders)."""
-    return sorted(
-        p.name for p in CGROUP_ROOT.iterdir() if p.is_dir() and (unified or p.name != "unified")
-    )
-
-
-def _kill_cgroup(path: Path) -> None:
-    if not path.exists():
-        return
-    for procs in path.rglob("cgroup.procs"):
-        with contextlib.suppress(OSError):
-            for pid in procs.read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-
-
-def _remove_cgroup(path: Path) -> None:
-    if not path.exists():
-        return
-    for sub in [
-        *sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)),
-        path,
-    ]:
-        # The kernel finishes a kill asynchronously: a cgroup empties a moment later.
-        with contextlib.suppress(TimeoutError, RuntimeError):
-            wait_for(lambda s=sub: _rmdir(s), 10, f"cgroup {sub} to empty", every=0.1)
-
-
-def _rmdir(path: Path) -> bool:
-    try:
-        path.rmdir()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        _kill_cgroup(path)
-        return False
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split(") ")[-1][:1] != "Z"
-
-
-def _stop(pid: int, grace: float = 10.0) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    with contextlib.suppress(TimeoutError, RuntimeError):
-        wait_for(
-            lambda: not _alive(pid) or _reaped(pid), grace, f"process {pid} to exit", every=0.05
-        )
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-
-
-def _reaped(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        return os.waitpid(pid, os.WNOHANG)[0] == pid
-    return False
-
-
-def _processes() -> list[tuple[int, str]]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                out.append((int(entry.name), cmd))
-    return out
-
-
-def _mounts() -> list[str]:
-    return [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-
-
-def _netns() -> set[str]:
-    path = Path(NETNS_DIR)
-    return {p.name for p in path.iterdir()} if path.exists() else set()
+        host.tear_down(self.workdir, [n.name for n in self.nodes], self.pids,
+                       self.netns_before, self.netns_mounted_before)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
