@@ -10,7 +10,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install generate check-generated lint format system-deps cluster-bin s3-bin helm-bin \
         prometheus-bin cluster-up cluster-down node-deps node-bin images node-up node-down test e2e \
-        test-slow bench-operator clean
+        test-slow bench-operator bench-trainer clean
 
 help:
 	@echo "make test          install everything, lint, and run the test suite (what CI runs)"
@@ -23,6 +23,7 @@ help:
 	@echo "make node-up       start the control plane with two real nodes (kubelet, containerd)"
 	@echo "make node-down     remove the nodes: processes, mounts, namespaces, bridge, cgroups"
 	@echo "make bench-operator  200 FineTuneJobs at once against the local control plane"
+	@echo "make bench-trainer   our trainer vs the plain Hugging Face Trainer, side by side"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -120,6 +121,9 @@ test-slow: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin prometheus
 # Benchmarks print a table for docs/benchmarks.md; they are not tests.
 bench-operator: $(STAMP) cluster-bin
 	$(BIN)/python bench/operator_jobs.py
+
+bench-trainer: $(STAMP)
+	$(BIN)/python bench/trainer_vs_recipe.py --quick
 
 clean: cluster-down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

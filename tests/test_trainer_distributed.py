@@ -27,6 +27,7 @@ def reference_training(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from finetune_api.types import FineTuneJobSpec
+    from finetune_trainer.batching import WINDOW, grouped_by, in_order, plan_steps
     from finetune_trainer.data import (
         Position,
         Source,
@@ -63,16 +64,27 @@ def reference_training(
         scheduler.step()
         optimizer.zero_grad()
 
-    # Each step takes what data.step_allocations gives each rank from that rank's stream.
+    def lengths(examples: list[Any]) -> list[int]:
+        columns = list(zip(*(e.texts for e in examples), strict=True))
+        enc = tokenizer(*columns, truncation=True, max_length=parsed.dataset.max_seq_length)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    # Each step takes what data.step_allocations gives each rank from that rank's stream,
+    # batched as docs/trainer.md says (length-grouped within windows of steps).
     per_rank = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    width = WINDOW if t.group_by_length else 1
     epoch, done = 0, 0
     while done < steps:
-        streams = [
-            stream(source, index, Position(epoch=epoch), t.seed, r, world) for r in range(world)
-        ]
         shares = [rank_examples(index, epoch, t.seed, r, world) for r in range(world)]
-        for alloc in list(step_allocations(shares, per_rank))[: steps - done]:
-            train_on([next(streams[r])[0] for r in range(world) for _ in range(alloc[r])])
+        plan = list(step_allocations(shares, per_rank))
+        ranks = []
+        for r in range(world):
+            order = grouped_by(lengths, t.seed, epoch, r) if t.group_by_length else in_order
+            examples = stream(source, index, Position(epoch=epoch), t.seed, r, world)
+            sizes = [p[r] for p in plan]
+            ranks.append(plan_steps(examples, sizes, Position(epoch=epoch), 0, width, order))
+        for _ in plan[: steps - done]:
+            train_on([e for steps_of_rank in ranks for e in next(steps_of_rank)[0]])
             done += 1
         epoch += 1
     return {k: v.detach() for k, v in model.state_dict().items()}
@@ -102,11 +114,13 @@ def test_gradients_are_synchronised_across_machine_ranks(
     for key, value in s3.env().items():
         monkeypatch.setenv(key, value)
     steps = 12
-    spec = with_s3(mrpc_spec(mrpc_in_s3, "sync", maxSteps=steps, gradientAccumulationSteps=2), s3)
+    # fp32 on every CPU, as the reference trains (auto is bf16 on CPUs that have it).
+    training = {"maxSteps": steps, "gradientAccumulationSteps": 2, "precision": "fp32"}
+    spec = with_s3(mrpc_spec(mrpc_in_s3, "sync", **training), s3)
     nodes = run_nodes(spec, tmp_path / "run", extra=s3.env())
     log = nodes[0].output()
     started = "training 12 steps on 2 processes (2 nodes, cpu, 1 thread per process)"
-    assert f"{started}, 32 examples per step" in log
+    assert f"{started} in fp32, 32 examples per step" in log
     # Every rank compared its weights with the others at the end.
     assert re.search(r"parameters identical on all 2 ranks \(sha256 [0-9a-f]{16}\)", log), log
 
@@ -129,6 +143,7 @@ def test_two_ranks_cross_epochs_with_uneven_shards(tiny_model: Path, tmp_path: P
             "learningRate": 2e-3,
             "evalStrategy": "no",
             "seed": 3,
+            "precision": "fp32",
         },
         "resources": {"nodes": 2, "gpusPerNode": 1},
         "checkpoints": {"uri": f"file://{tmp_path}/ckpt", "saveSteps": 1000},

@@ -304,7 +304,16 @@ class TrainingSpec(ApiModel):
         default="auto",
         description=(
             "Numeric precision: bf16, fp16 or fp32; auto uses bf16 on GPUs that support it and "
-            "fp32 on CPUs."
+            "on CPUs with bf16 instructions (avx512_bf16, AMX), else fp32. bf16 on a CPU "
+            "without them, or fp16 without a GPU, is refused at start."
+        ),
+    )
+    group_by_length: bool = Field(
+        default=True,
+        description=(
+            "Batch examples of similar length together (sorted within windows of 50 steps "
+            "of each process's stream, the steps in a seeded random order): far less padding, "
+            "the same examples every epoch. false keeps the stream's order."
         ),
     )
     max_grad_norm: float = Field(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import logging
 import math
 import os
@@ -40,6 +39,7 @@ from finetune_api.checkpoints import Committed, step_dir
 from finetune_api.env import TrainerEnv
 from finetune_api.types import TrainingSpec
 
+from .batching import WINDOW, ShortStream, grouped_by, in_order, plan_steps
 from .checkpoint import BackgroundUploader, CheckpointStore
 from .config import TrainerConfig
 from .data import (
@@ -56,17 +56,13 @@ from .errors import PermanentError
 from .evaluation import Evaluator
 from .metrics import TrainerMetrics
 from .model import load
+from .precision import cpu_has_bf16, describe, mixed_precision
+from .schedule import Schedule
 from .state import TrainerState, load_trainer_state, restore, rng_state, save
 from .storage import open_store
 
 log = logging.getLogger("finetune")
 _DONE = object()
-
-
-def _mixed_precision(precision: str, cuda: bool) -> str:
-    if precision == "auto":
-        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-    return "no" if precision == "fp32" else precision
 
 
 def _gather(obj: Any) -> list[Any]:
@@ -186,9 +182,9 @@ class Run:
         if not use_cuda:
             # Each process gets its share of the pod's CPUs, not all of them.
             torch.set_num_threads(cfg.cpu_threads)
-        self.acc = Accelerator(
-            cpu=not use_cuda, mixed_precision=_mixed_precision(t.precision, use_cuda)
-        )
+        gpu_bf16 = use_cuda and torch.cuda.is_bf16_supported()
+        self.precision = mixed_precision(t.precision, use_cuda, gpu_bf16, cpu_has_bf16())
+        self.acc = Accelerator(cpu=not use_cuda, mixed_precision=self.precision)
         self.rank = self.acc.process_index
         self.world = self.acc.num_processes
         self.is_main = self.acc.is_main_process
@@ -272,34 +268,50 @@ class Run:
     # --- the loop ----------------------------------------------------------------
 
     def _steps(
-        self, examples: Iterator[tuple[Example, Position]], sizes: list[int], tokenizer: Any
-    ) -> Iterator[tuple[list[dict[str, torch.Tensor]], int, Position | None]]:
-        """Per step: this rank's micro-batches, their example count, the position after."""
-        size = self.spec.training.per_device_train_batch_size
-        for want in sizes:
-            got = list(itertools.islice(examples, want))
-            if len(got) < want:
-                raise PermanentError(
-                    "spec.dataset: the training data changed since the job started (fewer "
-                    "examples than counted); start a new job for new data"
-                )
-            micro = [
-                self._encode([e for e, _ in got[i : i + size]], tokenizer)
-                for i in range(0, want, size)
-            ]
-            yield micro, want, got[-1][1] if got else None
+        self,
+        examples: Iterator[tuple[Example, Position]],
+        sizes: list[int],
+        tokenizer: Any,
+        start: Position,
+        skip: int,
+    ) -> Iterator[tuple[list[dict[str, torch.Tensor]], int, Position]]:
+        """Per step of the epoch from step `skip` on: this rank's micro-batches, their
+        example count, and the position a checkpoint after it resumes from (see
+        batching.py; the stream stands at `start`, the window's beginning)."""
+        t = self.spec.training
+        size = t.per_device_train_batch_size
+
+        def lengths(items: list[Example]) -> list[int]:
+            # A window can be empty for a rank that ran dry near the epoch's end.
+            if not items:
+                return []
+            return [len(ids) for ids in self._tokenize(items, tokenizer)["input_ids"]]
+
+        order = grouped_by(lengths, t.seed, start.epoch, self.rank)
+        width, order = (WINDOW, order) if t.group_by_length else (1, in_order)
+        try:
+            for chosen, resume in plan_steps(examples, sizes, start, skip, width, order):
+                micro = [
+                    self._encode(chosen[i : i + size], tokenizer)
+                    for i in range(0, len(chosen), size)
+                ]
+                yield micro, len(chosen), resume
+        except ShortStream:
+            raise PermanentError(
+                "spec.dataset: the training data changed since the job started (fewer "
+                "examples than counted); start a new job for new data"
+            ) from None
+
+    def _tokenize(self, chunk: list[Example], tokenizer: Any, **padding: Any) -> Any:
+        columns = list(zip(*(e.texts for e in chunk), strict=True))
+        return tokenizer(
+            *columns, truncation=True, max_length=self.spec.dataset.max_seq_length, **padding
+        )
 
     def _encode(self, chunk: list[Example], tokenizer: Any) -> dict[str, torch.Tensor]:
-        columns = list(zip(*(e.texts for e in chunk), strict=True))
-        enc = tokenizer(
-            *columns,
-            truncation=True,
-            max_length=self.spec.dataset.max_seq_length,
-            padding=True,
-            return_tensors="pt",
-        )
+        enc = dict(self._tokenize(chunk, tokenizer, padding=True, return_tensors="pt"))
         enc["labels"] = torch.tensor([e.label for e in chunk])
-        return dict(enc)
+        return enc
 
     def run(self) -> None:
         cfg, t = self.cfg, self.spec.training
@@ -317,6 +329,7 @@ class Run:
             index = self._index(source)
             state = TrainerState(world_size=self.world)
         state.total_steps = self._total_steps(index)
+        self.schedule = Schedule(t, self.spec.checkpoints, state.total_steps)
         optimizer, scheduler = build_optimizer(model, t, state.total_steps)
         if point is not None:
             restore(point[1], model, optimizer, scheduler, self.rank)
@@ -341,11 +354,12 @@ class Run:
         )
         if self.is_main:
             log.info(
-                "training %d steps on %d processes (%d nodes, %s), %d examples per step",
+                "training %d steps on %d processes (%d nodes, %s) in %s, %d examples per step",
                 state.total_steps,
                 self.world,
                 cfg.num_nodes,
                 _device_text(self.acc.device.type, cfg.cpu_threads),
+                describe(self.precision),
                 t.per_device_train_batch_size * t.gradient_accumulation_steps * self.world,
             )
         last_save = time.monotonic()
@@ -359,74 +373,43 @@ class Run:
             feed = Prefetcher(
                 self._steps(
                     stream(source, index, position, t.seed, self.rank, self.world),
-                    [p[self.rank] for p in plan[skip:]],
+                    [p[self.rank] for p in plan],
                     tokenizer,
+                    position,
+                    skip,
                 )
             )
             for alloc in plan[skip:]:
                 if state.global_step >= state.total_steps:
                     break
-                micro, _, after = feed.get()
-                n_global = sum(alloc)
-                rounds = max(math.ceil(a / t.per_device_train_batch_size) for a in alloc)
-                loss_sum = torch.zeros((), device=self.acc.device)
-                tokens = 0
-                model.train()
-                for i in range(rounds):
-                    real = i < len(micro)
-                    batch = micro[i] if real else dummy
-                    batch = {k: v.to(self.acc.device) for k, v in batch.items()}
-                    sync = contextlib.nullcontext() if i == rounds - 1 else self.acc.no_sync(model)
-                    with sync, self.acc.autocast():
-                        labels = batch.pop("labels")
-                        logits = model(**batch).logits
-                        per_example = torch.nn.functional.cross_entropy(
-                            logits.float(), labels, reduction="none"
-                        )
-                        weight = self.world / n_global if real else 0.0
-                        loss = per_example.sum() * weight
-                        self.acc.backward(loss)
-                    if real:
-                        loss_sum += per_example.detach().sum()
-                        tokens += int(batch["attention_mask"].sum().item())
-                if t.max_grad_norm > 0:
-                    self.acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if after is not None:
-                    position = after
-                state.global_step += 1
-                sums = self.acc.reduce(
-                    torch.stack(
-                        [loss_sum.float(), torch.tensor(float(tokens), device=self.acc.device)]
-                    ),
-                    "sum",
+                micro, _, position = feed.get()
+                step_loss, tokens = self._train_step(
+                    model, optimizer, scheduler, micro, alloc, dummy
                 )
-                step_loss = float(sums[0].item()) / n_global
+                n_global = sum(alloc)
+                state.global_step += 1
                 state.epoch = position.epoch + (state.global_step - first_step) / len(plan)
                 self._record(
                     state,
                     step_loss,
                     n_global,
-                    int(sums[1].item()),
+                    tokens,
                     scheduler,
                     started,
                     start_step,
                     feed.waited,
                 )
                 feed.waited = 0.0
-                if self._eval_due(state):
+                epoch_ended = state.global_step - first_step == len(plan)
+                if self.schedule.evaluate(state.global_step, epoch_ended):
                     self._evaluate(evaluator, state)
-                if self._save_due(state, last_save):
+                if self._save_due(state.global_step, last_save):
                     self._checkpoint(model, optimizer, scheduler, state, position, index, uploader)
                     last_save = time.monotonic()
             feed.close()
             if state.global_step - first_step >= len(plan):
-                if t.eval_strategy == "epoch" and self._last_eval_step != state.global_step:
-                    self._evaluate(evaluator, state)
                 position = Position(epoch=position.epoch + 1)
-        if t.eval_strategy != "no" and self._last_eval_step != state.global_step:
+        if self.schedule.evaluate_at_end(self._last_eval_step):
             self._evaluate(evaluator, state)
         self._checkpoint(model, optimizer, scheduler, state, position, index, uploader)
         self._check_in_sync(model)
@@ -443,6 +426,47 @@ class Run:
                 cfg.output_uri,
             )
         self.acc.end_training()
+
+    def _train_step(
+        self,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        micro: list[dict[str, torch.Tensor]],
+        alloc: list[int],
+        dummy: dict[str, torch.Tensor],
+    ) -> tuple[float, int]:
+        """One optimizer step over this rank's micro-batches (`alloc`: every rank's
+        example count); the global mean loss and the real tokens of the step. A rank
+        with fewer micro-batches joins the extra rounds with a zero-weight dummy."""
+        t = self.spec.training
+        n_global = sum(alloc)
+        rounds = max(math.ceil(a / t.per_device_train_batch_size) for a in alloc)
+        loss_sum = torch.zeros((), device=self.acc.device)
+        tokens = torch.zeros((), device=self.acc.device)
+        model.train()
+        for i in range(rounds):
+            real = i < len(micro)
+            batch = {k: v.to(self.acc.device) for k, v in (micro[i] if real else dummy).items()}
+            sync = contextlib.nullcontext() if i == rounds - 1 else self.acc.no_sync(model)
+            with sync, self.acc.autocast():
+                labels = batch.pop("labels")
+                logits = model(**batch).logits
+                per_example = torch.nn.functional.cross_entropy(
+                    logits.float(), labels, reduction="none"
+                )
+                weight = self.world / n_global if real else 0.0
+                self.acc.backward(per_example.sum() * weight)
+            if real:  # summed on the device, read once per step below
+                loss_sum += per_example.detach().sum()
+                tokens += batch["attention_mask"].sum()
+        if t.max_grad_norm > 0:
+            self.acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        sums = self.acc.reduce(torch.stack([loss_sum.float(), tokens.float()]), "sum")
+        return float(sums[0].item()) / n_global, int(sums[1].item())
 
     # --- logging, evaluation, checkpoints -----------------------------------------
 
@@ -474,10 +498,7 @@ class Run:
         self._samples_window += samples
         m.samples_per_second.set(self._samples_window / elapsed)
         m.sample_gpus()
-        every = self.spec.training.logging_steps
-        if self.is_main and (
-            state.global_step % every == 0 or state.global_step == state.total_steps
-        ):
+        if self.is_main and self.schedule.log(state.global_step):
             log.info(
                 "step %d/%d | epoch %.2f | loss %.4f | lr %.3e | %.1f samples/s | ETA %s",
                 state.global_step,
@@ -503,28 +524,16 @@ class Run:
         self._last_eval_step = state.global_step
         self._report_eval(state)
 
-    def _eval_due(self, state: TrainerState) -> bool:
-        t = self.spec.training
-        return (
-            t.eval_strategy == "steps"
-            and t.eval_steps is not None
-            and state.global_step % t.eval_steps == 0
-            and state.global_step < state.total_steps
-        )
-
     def _report_eval(self, state: TrainerState) -> None:
         self.metrics.set_eval(state.eval_metrics)
         if self.is_main:
             text = " ".join(f"{k} {v:.4f}" for k, v in sorted(state.eval_metrics.items()))
             log.info("eval at step %d | %s", state.global_step, text)
 
-    def _save_due(self, state: TrainerState, last_save: float) -> bool:
-        c = self.spec.checkpoints
-        due = bool(c.save_steps and state.global_step % c.save_steps == 0)
-        if c.save_minutes and time.monotonic() - last_save >= c.save_minutes * 60:
-            due = True
-        # Clocks differ between nodes: rank 0 decides for everyone.
-        return bool(_broadcast(due)) and state.global_step < state.total_steps
+    def _save_due(self, step: int, last_save: float) -> bool:
+        due = self.schedule.save(step, (time.monotonic() - last_save) / 60)
+        # Clocks differ between nodes: for saveMinutes rank 0 decides for everyone.
+        return bool(_broadcast(due)) if self.schedule.clock_based else due
 
     def _checkpoint(
         self,

@@ -1,0 +1,258 @@
+"""Our trainer against the plain Hugging Face Trainer, side by side on this machine
+(`make bench-trainer`, or `.venv/bin/python bench/trainer_vs_recipe.py --quick`).
+
+Same model (all-MiniLM-L6-v2 from its offline package), same data (MRPC), same
+hyper-parameters (global batch 8, lr 5e-5), same number of optimizer steps:
+
+- recipe: the course's `Trainer` as users run it (fp32, `DataCollatorWithPadding`);
+- tuned: the `Trainer` as a strong user tunes it (`group_by_length=True`, bf16 where the
+  CPU has it in hardware, a dataloader worker);
+- ours: `ftctl run --local -f job.yaml --procs N`, the way users run our trainer, with
+  1 and 2 processes.
+
+`--quick` runs a fixed number of steps for throughput; `--full` runs 3 epochs per seed and
+adds dev accuracy and F1. Rounds alternate which runs first. Samples/s are each trainer's
+own training-loop rate (model loading excluded for all); real tokens/s multiply it by the
+mean tokens of an MRPC pair; the padding fraction is that of one epoch's batches as each
+batches them. Prints a Markdown table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests" / "cluster"), str(ROOT / "tests"), str(ROOT / "bench")]
+
+from mrpc_reference import read  # noqa: E402
+
+from trainer_support import MRPC, minilm_dir  # noqa: E402
+
+GLOBAL_BATCH = 8
+LR = 5e-5
+MAX_LEN = 128
+
+
+def cpu_has_bf16() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+@dataclass
+class Result:
+    samples_per_s: list[float] = field(default_factory=list)
+    scores: list[tuple[float, float]] = field(default_factory=list)  # (accuracy, f1) per run
+
+
+def _tokenized(tokenizer: Any, split: str) -> Any:
+    from datasets import Dataset
+
+    def tokenize(batch: dict[str, list[Any]]) -> Any:
+        return tokenizer(batch["sentence1"], batch["sentence2"], truncation=True)
+
+    return Dataset.from_dict(read(MRPC / f"{split}.tsv")).map(tokenize, batched=True)
+
+
+def hf_trainer(tuned: bool, steps: int | None, seed: int) -> tuple[float, tuple[float, float]]:
+    """The recipe (or the tuned Trainer): its samples/s and final dev accuracy/F1."""
+    import numpy as np
+    from sklearn.metrics import accuracy_score, f1_score
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    model_dir = str(minilm_dir())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    train, dev = _tokenized(tokenizer, "train"), _tokenized(tokenizer, "dev")
+    set_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+
+    def metrics(pred: Any) -> dict[str, float]:
+        guess = np.argmax(pred.predictions, axis=-1)
+        return {
+            "accuracy": float(accuracy_score(pred.label_ids, guess)),
+            "f1": float(f1_score(pred.label_ids, guess)),
+        }
+
+    extra: dict[str, Any] = {}
+    if tuned:
+        extra = {"group_by_length": True, "bf16": cpu_has_bf16(), "dataloader_num_workers": 1}
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            out,
+            eval_strategy="no",
+            save_strategy="no",
+            per_device_train_batch_size=GLOBAL_BATCH,
+            learning_rate=LR,
+            num_train_epochs=3,
+            max_steps=steps or -1,
+            seed=seed,
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+            logging_steps=10_000,
+            **extra,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=dev,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=metrics,
+        )
+        rate = float(trainer.train().metrics["train_samples_per_second"])
+        scores = (0.0, 0.0)
+        if steps is None:
+            ev = trainer.evaluate()
+            scores = (ev["eval_accuracy"], ev["eval_f1"])
+    return rate, scores
+
+
+def ours(procs: int, steps: int | None, seed: int) -> tuple[float, tuple[float, float]]:
+    """`ftctl run --local` of the same job: its samples/s and final dev accuracy/F1."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        training: dict[str, Any] = {
+            "perDeviceTrainBatchSize": GLOBAL_BATCH // procs,
+            "learningRate": LR,
+            "numTrainEpochs": 3,
+            "evalStrategy": "no" if steps else "epoch",
+            "loggingSteps": 10_000,
+            "seed": seed,
+        }
+        if steps:
+            training["maxSteps"] = steps
+        job = {
+            "apiVersion": "finetune.dev/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": "bench"},
+            "spec": {
+                "model": {"uri": f"file://{minilm_dir()}", "numLabels": 2},
+                "dataset": {
+                    "uri": f"file://{MRPC}/",
+                    "format": "tsv",
+                    "textColumns": ["#1 String", "#2 String"],
+                    "labelColumn": "Quality",
+                    "trainSplit": "train",
+                    "evalSplit": "dev",
+                    "maxSeqLength": MAX_LEN,
+                },
+                "training": training,
+                "resources": {"nodes": 1, "gpusPerNode": procs},
+                "checkpoints": {"uri": str(work / "checkpoints")},
+                "output": {"uri": str(work / "model")},
+            },
+        }
+        path = work / "job.yaml"
+        path.write_text(yaml.safe_dump(job))
+        ftctl = str(Path(sys.executable).parent / "ftctl")
+        argv = [ftctl, "run", "--local", "-f", str(path), "--procs", str(procs), "--device",
+                "cpu", "--metrics-port", "0", "--work-dir", str(work / "run")]  # fmt: skip
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+        out = done.stdout + done.stderr
+        if done.returncode != 0:
+            raise RuntimeError(f"ftctl run failed ({done.returncode}):\n{out[-3000:]}")
+    rates = re.findall(r"step \d+/\d+ .*?\| ([0-9.]+) samples/s", out)
+    evals = re.findall(r"eval at step \d+ \| accuracy ([0-9.]+) f1 ([0-9.]+)", out)
+    scores = (float(evals[-1][0]), float(evals[-1][1])) if evals else (0.0, 0.0)
+    return float(rates[-1]), scores
+
+
+def padding(order: str) -> tuple[float, float]:
+    """Mean real tokens of a pair, and the padded fraction of one epoch's batches."""
+    import random
+
+    from transformers import AutoTokenizer
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    lengths = [len(x) for x in _tokenized(tokenizer, "train")["input_ids"]]
+    rng = random.Random(0)
+    if order == "grouped":
+        import torch
+
+        gen = torch.Generator().manual_seed(0)
+        idx = get_length_grouped_indices(lengths, GLOBAL_BATCH, generator=gen)
+        size = GLOBAL_BATCH
+    else:
+        idx = list(range(len(lengths)))
+        rng.shuffle(idx)
+        size = GLOBAL_BATCH // (2 if order == "two-ranks" else 1)
+    batches = [idx[i : i + size] for i in range(0, len(idx), size)]
+    real = sum(lengths)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return real / len(lengths), 1 - real / padded
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="a fixed number of steps (default)")
+    mode.add_argument("--full", action="store_true", help="3 epochs per seed, with accuracy")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2, help="repeats (--quick)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="(--full)")
+    args = parser.parse_args()
+    steps = None if args.full else args.steps
+    runs: dict[str, Callable[[int], tuple[float, tuple[float, float]]]] = {
+        "recipe (Trainer, fp32)": lambda s: hf_trainer(False, steps, s),
+        "tuned Trainer": lambda s: hf_trainer(True, steps, s),
+        "ours, 1 process": lambda s: ours(1, steps, s),
+        "ours, 2 processes": lambda s: ours(2, steps, s),
+    }
+    batching = {
+        "recipe (Trainer, fp32)": "random",
+        "tuned Trainer": "grouped",
+        "ours, 1 process": "random",
+        "ours, 2 processes": "two-ranks",
+    }
+    results = {name: Result() for name in runs}
+    seeds = args.seeds if args.full else [42] * args.rounds
+    for i, seed in enumerate(seeds):
+        names = list(runs) if i % 2 == 0 else list(reversed(runs))
+        for name in names:
+            rate, scores = runs[name](seed)
+            results[name].samples_per_s.append(rate)
+            results[name].scores.append(scores)
+            print(f"# round {i + 1} seed {seed}: {name}: {rate:.1f} samples/s {scores}", flush=True)
+    base = statistics.mean(results["recipe (Trainer, fp32)"].samples_per_s)
+    print(f"\nCPU bf16 in hardware: {cpu_has_bf16()}; steps: {steps or '3 epochs'}; "
+          f"runs per column: {len(seeds)}\n")  # fmt: skip
+    head = "| run | samples/s | real tokens/s | padding | vs recipe |"
+    if args.full:
+        head += " dev accuracy | dev F1 |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for name, res in results.items():
+        mean_tokens, padded = padding(batching[name])
+        rate = statistics.mean(res.samples_per_s)
+        row = (f"| {name} | {rate:.1f} | {rate * mean_tokens:.0f} | {padded:.0%} | "
+               f"{rate / base:.2f}x |")  # fmt: skip
+        if args.full:
+            acc = statistics.mean(a for a, _ in res.scores)
+            f1 = statistics.mean(f for _, f in res.scores)
+            row += f" {acc:.4f} | {f1:.4f} |"
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
