@@ -5,7 +5,7 @@ Same model (all-MiniLM-L6-v2 from its offline package), same data (MRPC), same
 hyper-parameters (global batch 8, lr 5e-5), same number of optimizer steps:
 
 - recipe: the course's `Trainer` as users run it (fp32, `DataCollatorWithPadding`);
-- tuned: the `Trainer` as a strong user tunes it (`group_by_length=True`, bf16 where the
+- tuned: the `Trainer` as a strong user tunes it (length-grouped sampling, bf16 where the
   CPU has it in hardware, a dataloader worker);
 - ours: `ftctl run --local -f job.yaml --procs N`, the way users run our trainer, with
   1 and 2 processes.
@@ -40,6 +40,7 @@ from mrpc_reference import read  # noqa: E402
 
 from trainer_support import MRPC, minilm_dir  # noqa: E402
 
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 GLOBAL_BATCH = 8
 LR = 5e-5
 MAX_LEN = 128
@@ -93,7 +94,11 @@ def hf_trainer(tuned: bool, steps: int | None, seed: int) -> tuple[float, tuple[
 
     extra: dict[str, Any] = {}
     if tuned:
-        extra = {"group_by_length": True, "bf16": cpu_has_bf16(), "dataloader_num_workers": 1}
+        extra = {
+            "train_sampling_strategy": "group_by_length",  # transformers 5 (was group_by_length)
+            "bf16": cpu_has_bf16(),
+            "dataloader_num_workers": 1,
+        }
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             out,
@@ -126,7 +131,9 @@ def hf_trainer(tuned: bool, steps: int | None, seed: int) -> tuple[float, tuple[
     return rate, scores
 
 
-def ours(procs: int, steps: int | None, seed: int) -> tuple[float, tuple[float, float]]:
+def ours(
+    procs: int, steps: int | None, seed: int, grouped: bool = True
+) -> tuple[float, tuple[float, float]]:
     """`ftctl run --local` of the same job: its samples/s and final dev accuracy/F1."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -137,6 +144,7 @@ def ours(procs: int, steps: int | None, seed: int) -> tuple[float, tuple[float, 
             "evalStrategy": "no" if steps else "epoch",
             "loggingSteps": 10_000,
             "seed": seed,
+            "groupByLength": grouped,
         }
         if steps:
             training["maxSteps"] = steps
@@ -193,6 +201,20 @@ def padding(order: str) -> tuple[float, float]:
         gen = torch.Generator().manual_seed(0)
         idx = get_length_grouped_indices(lengths, GLOBAL_BATCH, generator=gen)
         size = GLOBAL_BATCH
+    elif order.startswith("windows"):
+        from finetune_trainer.batching import WINDOW, group
+
+        size = GLOBAL_BATCH // (2 if order.endswith("two-ranks") else 1)
+        idx = list(range(len(lengths)))
+        rng.shuffle(idx)
+        span = WINDOW * size
+        dealt = []
+        for w, at in enumerate(range(0, len(idx), span)):
+            part = idx[at : at + span]
+            sizes = [size] * (len(part) // size) + ([len(part) % size] if len(part) % size else [])
+            steps = group([lengths[i] for i in part], sizes, 0, 0, w, 0)
+            dealt += [part[i] for step in steps for i in step]
+        idx = dealt
     else:
         idx = list(range(len(lengths)))
         rng.shuffle(idx)
@@ -216,14 +238,16 @@ def main() -> None:
     runs: dict[str, Callable[[int], tuple[float, tuple[float, float]]]] = {
         "recipe (Trainer, fp32)": lambda s: hf_trainer(False, steps, s),
         "tuned Trainer": lambda s: hf_trainer(True, steps, s),
+        "ours, 1 process, groupByLength false": lambda s: ours(1, steps, s, grouped=False),
         "ours, 1 process": lambda s: ours(1, steps, s),
         "ours, 2 processes": lambda s: ours(2, steps, s),
     }
     batching = {
         "recipe (Trainer, fp32)": "random",
         "tuned Trainer": "grouped",
-        "ours, 1 process": "random",
-        "ours, 2 processes": "two-ranks",
+        "ours, 1 process, groupByLength false": "random",
+        "ours, 1 process": "windows",
+        "ours, 2 processes": "windows-two-ranks",
     }
     results = {name: Result() for name in runs}
     seeds = args.seeds if args.full else [42] * args.rounds
