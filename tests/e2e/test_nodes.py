@@ -11,7 +11,8 @@ from typing import Any
 from controlplane import wait_for
 
 from conftest import Cluster
-from node.nodes import GPU_RESOURCE, POD_CIDR, NodeSet
+from node.layout import GPU_RESOURCE, POD_CIDR
+from node.nodes import NodeSet
 from node.pods import finished, pod_of, probe_pod
 
 
