@@ -20,6 +20,7 @@ batches them. Prints a Markdown table for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import statistics
@@ -36,9 +37,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "cluster"), str(ROOT / "tests"), str(ROOT / "bench")]
 
-from mrpc_reference import read  # noqa: E402
+import mrpc_reference  # noqa: E402
 
-from trainer_support import MRPC, minilm_dir  # noqa: E402
+from trainer_support import minilm_dir, mrpc_dataset  # noqa: E402
 
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 GLOBAL_BATCH = 8
@@ -57,78 +58,17 @@ class Result:
     scores: list[tuple[float, float]] = field(default_factory=list)  # (accuracy, f1) per run
 
 
-def _tokenized(tokenizer: Any, split: str) -> Any:
-    from datasets import Dataset
-
-    def tokenize(batch: dict[str, list[Any]]) -> Any:
-        return tokenizer(batch["sentence1"], batch["sentence2"], truncation=True)
-
-    return Dataset.from_dict(read(MRPC / f"{split}.tsv")).map(tokenize, batched=True)
-
-
 def hf_trainer(tuned: bool, steps: int | None, seed: int) -> tuple[float, tuple[float, float]]:
     """The recipe (or the tuned Trainer): its samples/s and final dev accuracy/F1."""
-    import numpy as np
-    from sklearn.metrics import accuracy_score, f1_score
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
-
-    model_dir = str(minilm_dir())
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    train, dev = _tokenized(tokenizer, "train"), _tokenized(tokenizer, "dev")
-    set_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
-
-    def metrics(pred: Any) -> dict[str, float]:
-        guess = np.argmax(pred.predictions, axis=-1)
-        return {
-            "accuracy": float(accuracy_score(pred.label_ids, guess)),
-            "f1": float(f1_score(pred.label_ids, guess)),
-        }
-
-    extra: dict[str, Any] = {}
+    tuning: dict[str, Any] = {}
     if tuned:
-        extra = {
+        tuning = {
             "train_sampling_strategy": "group_by_length",  # transformers 5 (was group_by_length)
             "bf16": cpu_has_bf16(),
             "dataloader_num_workers": 1,
         }
-    with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
-            out,
-            eval_strategy="no",
-            save_strategy="no",
-            per_device_train_batch_size=GLOBAL_BATCH,
-            learning_rate=LR,
-            num_train_epochs=3,
-            max_steps=steps or -1,
-            seed=seed,
-            report_to=[],
-            use_cpu=True,
-            disable_tqdm=True,
-            logging_steps=10_000,
-            **extra,
-        )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=train,
-            eval_dataset=dev,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=metrics,
-        )
-        rate = float(trainer.train().metrics["train_samples_per_second"])
-        scores = (0.0, 0.0)
-        if steps is None:
-            ev = trainer.evaluate()
-            scores = (ev["eval_accuracy"], ev["eval_f1"])
-    return rate, scores
+    rate, scores = mrpc_reference.train(seed, steps, **tuning)
+    return rate, scores[-1] if scores else (0.0, 0.0)
 
 
 def ours(
@@ -154,15 +94,7 @@ def ours(
             "metadata": {"name": "bench"},
             "spec": {
                 "model": {"uri": f"file://{minilm_dir()}", "numLabels": 2},
-                "dataset": {
-                    "uri": f"file://{MRPC}/",
-                    "format": "tsv",
-                    "textColumns": ["#1 String", "#2 String"],
-                    "labelColumn": "Quality",
-                    "trainSplit": "train",
-                    "evalSplit": "dev",
-                    "maxSeqLength": MAX_LEN,
-                },
+                "dataset": mrpc_dataset(MAX_LEN),
                 "training": training,
                 "resources": {"nodes": 1, "gpusPerNode": procs},
                 "checkpoints": {"uri": str(work / "checkpoints")},
@@ -185,15 +117,22 @@ def ours(
     return float(rates[-1]), scores
 
 
+@functools.cache
+def train_lengths() -> list[int]:
+    """Tokens of each MRPC training pair, as the model's tokenizer counts them."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    return [len(x) for x in mrpc_reference.tokenized(tokenizer, "train")["input_ids"]]
+
+
 def padding(order: str) -> tuple[float, float]:
     """Mean real tokens of a pair, and the padded fraction of one epoch's batches."""
     import random
 
-    from transformers import AutoTokenizer
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
-    lengths = [len(x) for x in _tokenized(tokenizer, "train")["input_ids"]]
+    lengths = train_lengths()
     rng = random.Random(0)
     if order == "grouped":
         import torch

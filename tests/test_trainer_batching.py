@@ -20,7 +20,7 @@ from finetune_trainer.data import (
     step_allocations,
     stream,
 )
-from trainer_support import MRPC
+from trainer_support import mrpc_dataset
 
 SEED, PER_RANK, WORLD = 42, 4, 2
 
@@ -31,13 +31,7 @@ def mrpc(tmp_path_factory: pytest.TempPathFactory) -> tuple[Source, Any, list[li
     spec = FineTuneJobSpec.model_validate(
         {
             "model": {"uri": "file:///unused"},
-            "dataset": {
-                "uri": f"file://{MRPC}/",
-                "format": "tsv",
-                "textColumns": ["#1 String", "#2 String"],
-                "labelColumn": "Quality",
-                "trainSplit": "train",
-            },
+            "dataset": mrpc_dataset(),
             "checkpoints": {"uri": f"file://{tmp_path_factory.mktemp('ckpt')}"},
         }
     )

@@ -216,6 +216,19 @@ def waimai_jsonl(dest: Path, rows: int) -> Path:
     return dest
 
 
+def mrpc_dataset(max_seq_length: int = 128) -> dict[str, Any]:
+    """spec.dataset for the shared MRPC folder as GLUE ships it (train.tsv, dev.tsv)."""
+    return {
+        "uri": f"file://{MRPC}/",
+        "format": "tsv",
+        "textColumns": ["#1 String", "#2 String"],
+        "labelColumn": "Quality",
+        "trainSplit": "train",
+        "evalSplit": "dev",
+        "maxSeqLength": max_seq_length,
+    }
+
+
 def mrpc_minilm_spec(work: Path, seed: int) -> dict[str, Any]:
     """MRPC with all-MiniLM-L6-v2 as the Hugging Face recipe trains it: global batch 8
     (2 ranks x 4), lr 5e-5, 3 epochs, evaluation on dev after each epoch."""
@@ -225,15 +238,7 @@ def mrpc_minilm_spec(work: Path, seed: int) -> dict[str, Any]:
             "numLabels": 2,
             "labelNames": ["not_equivalent", "equivalent"],
         },
-        "dataset": {
-            "uri": f"file://{MRPC}/",
-            "format": "tsv",
-            "textColumns": ["#1 String", "#2 String"],
-            "labelColumn": "Quality",
-            "trainSplit": "train",
-            "evalSplit": "dev",
-            "maxSeqLength": 128,
-        },
+        "dataset": mrpc_dataset(),
         "training": {
             "numTrainEpochs": 3,
             "perDeviceTrainBatchSize": 4,

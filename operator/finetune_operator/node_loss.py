@@ -40,11 +40,7 @@ def node_of(pod: dict[str, Any]) -> str | None:
 def grace_ends(pod: dict[str, Any]) -> datetime | None:
     """When a deleted pod's grace period ends (its deletionTimestamp), else None."""
     stamp = pod["metadata"].get("deletionTimestamp")
-    if not stamp:
-        return None
-    if isinstance(stamp, datetime):
-        return stamp
-    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")) if stamp else None
 
 
 def overdue(pod: dict[str, Any], now: datetime) -> bool:
