@@ -7,8 +7,8 @@ hyper-parameters (global batch 8, lr 5e-5), same number of optimizer steps:
 - recipe: the course's `Trainer` as users run it (fp32, `DataCollatorWithPadding`);
 - tuned: the `Trainer` as a strong user tunes it (length-grouped sampling, bf16 where the
   CPU has it in hardware, a dataloader worker);
-- ours: `ftctl run --local -f job.yaml --procs N`, the way users run our trainer, with
-  1 and 2 processes.
+- ours: `ftctl run --local -f job.yaml`, the way users run our trainer: by default one
+  process on every core, and with `processesPerNode: 2`.
 
 `--quick` runs a fixed number of steps for throughput; `--full` runs 3 epochs per seed and
 adds dev accuracy and F1. Rounds alternate which runs first. Samples/s are each trainer's
@@ -72,13 +72,15 @@ def hf_trainer(tuned: bool, steps: int | None, seed: int) -> tuple[float, tuple[
 
 
 def ours(
-    procs: int, steps: int | None, seed: int, grouped: bool = True
+    procs: int | None, steps: int | None, seed: int, grouped: bool = True
 ) -> tuple[float, tuple[float, float]]:
-    """`ftctl run --local` of the same job: its samples/s and final dev accuracy/F1."""
+    """`ftctl run --local` of the same job (`procs`: its processesPerNode, None for the
+    default): its samples/s and final dev accuracy/F1."""
+    processes = {"processesPerNode": procs} if procs else {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         training: dict[str, Any] = {
-            "perDeviceTrainBatchSize": GLOBAL_BATCH // procs,
+            "perDeviceTrainBatchSize": GLOBAL_BATCH // 2,
             "learningRate": LR,
             "numTrainEpochs": 3,
             "evalStrategy": "no" if steps else "epoch",
@@ -96,7 +98,8 @@ def ours(
                 "model": {"uri": f"file://{minilm_dir()}", "numLabels": 2},
                 "dataset": mrpc_dataset(MAX_LEN),
                 "training": training,
-                "resources": {"nodes": 1, "gpusPerNode": procs},
+                # The quickstart's shape: 2 GPUs' batch; on the CPU one process by default.
+                "resources": {"nodes": 1, "gpusPerNode": 2, **processes},
                 "checkpoints": {"uri": str(work / "checkpoints")},
                 "output": {"uri": str(work / "model")},
             },
@@ -104,8 +107,8 @@ def ours(
         path = work / "job.yaml"
         path.write_text(yaml.safe_dump(job))
         ftctl = str(Path(sys.executable).parent / "ftctl")
-        argv = [ftctl, "run", "--local", "-f", str(path), "--procs", str(procs), "--device",
-                "cpu", "--metrics-port", "0", "--work-dir", str(work / "run")]  # fmt: skip
+        argv = [ftctl, "run", "--local", "-f", str(path), "--device", "cpu",
+                "--metrics-port", "0", "--work-dir", str(work / "run")]  # fmt: skip
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
         out = done.stdout + done.stderr
@@ -164,6 +167,16 @@ def padding(order: str) -> tuple[float, float]:
     return real / len(lengths), 1 - real / padded
 
 
+# Short names for --only.
+KEYS = {
+    "recipe (Trainer, fp32)": "recipe",
+    "tuned Trainer": "tuned",
+    "ours, groupByLength false": "ours-1-ungrouped",
+    "ours (default: 1 process)": "ours-1",
+    "ours, processesPerNode 2": "ours-2",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
@@ -172,22 +185,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2, help="repeats (--quick)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="(--full)")
+    parser.add_argument(
+        "--only", nargs="+", metavar="RUN", help="only these columns (recipe, tuned, ours-1, ...)"
+    )
     args = parser.parse_args()
     steps = None if args.full else args.steps
     runs: dict[str, Callable[[int], tuple[float, tuple[float, float]]]] = {
         "recipe (Trainer, fp32)": lambda s: hf_trainer(False, steps, s),
         "tuned Trainer": lambda s: hf_trainer(True, steps, s),
-        "ours, 1 process, groupByLength false": lambda s: ours(1, steps, s, grouped=False),
-        "ours, 1 process": lambda s: ours(1, steps, s),
-        "ours, 2 processes": lambda s: ours(2, steps, s),
+        "ours, groupByLength false": lambda s: ours(None, steps, s, grouped=False),
+        "ours (default: 1 process)": lambda s: ours(None, steps, s),
+        "ours, processesPerNode 2": lambda s: ours(2, steps, s),
     }
     batching = {
         "recipe (Trainer, fp32)": "random",
         "tuned Trainer": "grouped",
-        "ours, 1 process, groupByLength false": "random",
-        "ours, 1 process": "windows",
-        "ours, 2 processes": "windows-two-ranks",
+        "ours, groupByLength false": "random",
+        "ours (default: 1 process)": "windows",
+        "ours, processesPerNode 2": "windows-two-ranks",
     }
+    if args.only:
+        unknown = set(args.only) - set(KEYS.values())
+        if unknown:
+            parser.error(f"--only: unknown {sorted(unknown)}; choose from {list(KEYS.values())}")
+        runs = {n: f for n, f in runs.items() if KEYS[n] in args.only or KEYS[n] == "recipe"}
     results = {name: Result() for name in runs}
     seeds = args.seeds if args.full else [42] * args.rounds
     for i, seed in enumerate(seeds):

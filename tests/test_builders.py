@@ -77,7 +77,8 @@ def test_pod_environment_is_the_trainer_contract() -> None:
     for i, pod in enumerate(builders.pods(job, attempt=1)):
         env = env_of(pod)
         plain = {k: v for k, v in env.items() if isinstance(v, str)}
-        cfg = from_env(plain)  # what the trainer in that pod will parse
+        # What the trainer in that pod will parse, on GPU nodes (simulated: none here).
+        cfg = from_env(plain, gpu=lambda device: True)
         assert (cfg.job_name, cfg.namespace, cfg.num_nodes, cfg.node_rank) == (
             "mrpc-bert",
             "ml",
@@ -86,9 +87,20 @@ def test_pod_environment_is_the_trainer_contract() -> None:
         )
         assert cfg.procs_per_node == 8
         assert cfg.world_size == 16
+        assert "FT_PROCS_PER_NODE" not in env  # the trainer decides: one per GPU
         assert cfg.master_addr == "mrpc-bert-node-0.mrpc-bert.ml.svc"
         assert cfg.spec == job.spec
         assert str(cfg.termination_log) == pod["spec"]["containers"][0]["terminationMessagePath"]
+
+
+def test_processes_per_node_reaches_the_trainer() -> None:
+    job = example_job()
+    job.spec.resources.processes_per_node = 2
+    env = env_of(builders.pod(job, 0, attempt=1))
+    assert env["FT_PROCS_PER_NODE"] == "2"
+    cfg = from_env({k: v for k, v in env.items() if isinstance(v, str)})
+    per_gpu = job.spec.training.per_device_train_batch_size
+    assert (cfg.world_size, cfg.micro_batch) == (4, per_gpu * 4)  # 2 x 8 GPUs' batch, 4 ways
 
 
 def test_credentials_only_as_secret_references() -> None:

@@ -77,6 +77,11 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
         ["spec.resources.gpusPerNode", "between 1 and 64"],
     ),
     (
+        "zero-processes",
+        set_path("spec.resources.processesPerNode", 0),
+        ["spec.resources.processesPerNode", "between 1 and 64"],
+    ),
+    (
         "name-over-63-chars",
         set_path("metadata.name", "a" * 64),
         ["metadata.name", f"at most {c.MAX_JOB_NAME_LENGTH} characters"],

@@ -31,6 +31,9 @@ def test_the_readme_quickstart_runs_locally_and_prints_its_accuracy(tmp_path: Pa
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     assert "using the offline copy installed at" in out
+    # Without a GPU: one process on every core, with the batch of the job's 2 GPUs.
+    assert re.search(r"on 1 process \(1 node, cpu, \d+ threads? per process\)", out), out
+    assert "16 examples per step" in out
     found = re.search(
         r"ftctl: quickstart finished\. Evaluation at step \d+: accuracy ([0-9.]+)", out
     )

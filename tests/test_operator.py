@@ -128,7 +128,7 @@ def test_a_job_becomes_a_service_and_a_gang_of_pods_then_runs(
         env = {e.name: e for e in trainer.env}
         assert env["FT_NODE_RANK"].value == str(i)
         assert env["FT_NUM_NODES"].value == "2"
-        assert env["FT_PROCS_PER_NODE"].value == "8"
+        assert "FT_PROCS_PER_NODE" not in env  # one per GPU: the trainer counts them
         assert env["FT_MASTER_ADDR"].value == f"bert-node-0.bert.{ns}.svc"
         assert env["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.name == "s3-credentials"
         assert trainer.security_context.allow_privilege_escalation is False

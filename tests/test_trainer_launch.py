@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from finetune_trainer.config import TrainerConfig, available_cpus, from_env
 from finetune_trainer.errors import PermanentError
@@ -34,18 +35,28 @@ def pod_env(**extra: str) -> dict[str, str]:
     return {str(k): v for k, v in env.items()}
 
 
+def on_gpus(device: str) -> bool:
+    """The GPU probe's answer on a node with GPUs (simulated: this machine has none)."""
+    return device != "cpu"
+
+
+def no_gpus(device: str) -> bool:
+    return device == "cuda"
+
+
 def test_a_manifest_file_becomes_the_configuration() -> None:
-    cfg = from_env(pod_env())
+    cfg = from_env(pod_env(), gpu=on_gpus)
     assert (cfg.job_name, cfg.namespace, cfg.num_nodes, cfg.node_rank) == ("mrpc-bert", "ml", 2, 1)
     assert cfg.procs_per_node == 8  # one process per GPU, from spec.resources.gpusPerNode
     assert cfg.world_size == 16
+    assert cfg.micro_batch == cfg.spec.training.per_device_train_batch_size
     assert cfg.spec.dataset.text_columns == ["sentence1", "sentence2"]
     assert cfg.checkpoint_uri == "s3://ml-checkpoints/mrpc-bert"
     assert cfg.output_uri == "s3://ml-models/mrpc-bert"
 
 
 def test_multi_node_gpu_launch_command() -> None:
-    cfg = from_env(pod_env())
+    cfg = from_env(pod_env(), gpu=on_gpus)
     argv, env = accelerate_command(cfg, {"PATH": "/usr/bin"})
     assert argv[1:3] == ["-m", "accelerate.commands.launch"]
     assert "--multi_gpu" in argv
@@ -59,6 +70,41 @@ def test_multi_node_gpu_launch_command() -> None:
     assert env["FT_TERMINATION_LOG"] == "/dev/termination-log"
     assert env["PATH"] == "/usr/bin"
     assert "CUDA_VISIBLE_DEVICES" not in env
+    assert env["FT_PROCS_PER_NODE"] == "8"  # the workers do not probe for GPUs again
+
+
+def test_without_gpus_one_process_per_node_keeps_the_global_batch() -> None:
+    # The 2 x 8 GPU example on CPU-only nodes: one process per node, all of its cores,
+    # each taking the batch of its node's 8 GPUs, so every step has the same examples.
+    cfg = from_env(pod_env(), gpu=no_gpus)
+    per_gpu = cfg.spec.training.per_device_train_batch_size
+    assert (cfg.procs_per_node, cfg.world_size) == (1, 2)
+    assert cfg.micro_batch == per_gpu * 8
+    assert cfg.eval_batch == cfg.spec.training.per_device_eval_batch_size * 8
+    argv, env = accelerate_command(cfg, {})
+    assert option(argv, "--num_processes") == "2"
+    assert env["FT_PROCS_PER_NODE"] == "1"
+    # A job may still ask for more processes; a local run folds both nodes into one.
+    cfg = from_env(pod_env(FT_PROCS_PER_NODE="4"), gpu=no_gpus)
+    assert (cfg.world_size, cfg.micro_batch) == (8, per_gpu * 2)
+    local = {"FT_NUM_NODES": "1", "FT_NODE_RANK": "0"}
+    assert from_env(pod_env(**local), gpu=on_gpus).procs_per_node == 16
+    assert from_env(pod_env(**local), gpu=no_gpus).procs_per_node == 1
+
+
+def test_processes_that_cannot_share_the_batch_are_refused() -> None:
+    spec = yaml.safe_load(EXAMPLE.read_text())["spec"]
+    spec["resources"].update(nodes=1, gpusPerNode=1, processesPerNode=3)
+    spec["training"]["perDeviceTrainBatchSize"] = 8
+    env = {**pod_env(), "FT_JOB_SPEC": json.dumps(spec), "FT_NUM_NODES": "1", "FT_NODE_RANK": "0"}
+    env.pop("FT_JOB_SPEC_FILE")
+    with pytest.raises(PermanentError) as err:
+        from_env(env, gpu=no_gpus)
+    assert "spec.resources.processesPerNode: 3 processes cannot share" in str(err.value)
+    assert "divides 8" in str(err.value)
+    spec["resources"]["processesPerNode"] = 2
+    cfg = from_env({**env, "FT_JOB_SPEC": json.dumps(spec)}, gpu=no_gpus)
+    assert (cfg.procs_per_node, cfg.micro_batch) == (2, 4)
 
 
 def test_single_cpu_process_uses_the_simple_launcher() -> None:
@@ -128,7 +174,7 @@ def test_a_bad_contract_names_what_to_fix(env: dict[str, str], message: str) -> 
 
 
 def test_config_is_immutable() -> None:
-    cfg = from_env(pod_env())
+    cfg = from_env(pod_env(), gpu=no_gpus)
     assert isinstance(cfg, TrainerConfig)
     with pytest.raises(AttributeError):
         cfg.node_rank = 0  # type: ignore[misc]

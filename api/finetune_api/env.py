@@ -65,7 +65,9 @@ class TrainerEnv:
     master_addr: str = gang("FT_MASTER_ADDR", "127.0.0.1", "Rank 0's address (rendezvous).")
     master_port: int = gang("FT_MASTER_PORT", DEFAULT_MASTER_PORT, "Rank 0's rendezvous port.")
     procs_per_node: int | None = gang(
-        "FT_PROCS_PER_NODE", None, "Training processes on this node (spec.resources.gpusPerNode)."
+        "FT_PROCS_PER_NODE",
+        None,
+        "Training processes on this node (default: processesPerNode, else one per GPU, else 1).",
     )
     attempt: int = gang("FT_ATTEMPT", 1, "The gang's attempt number (status.attempt).")
     metrics_port: int = gang("FT_METRICS_PORT", METRICS_PORT, "Prometheus port; 0 turns it off.")

@@ -374,6 +374,21 @@ class ResourcesSpec(ApiModel):
             )
         ),
     )
+    processes_per_node: int | None = Field(
+        default=None,
+        description=(
+            "Training processes per node. Default: one per GPU; on a node without GPUs, one "
+            "process that uses all of the pod's CPUs. The global batch stays "
+            "perDeviceTrainBatchSize x gradientAccumulationSteps x nodes x gpusPerNode "
+            "whatever the number of processes."
+        ),
+        json_schema_extra=cel(
+            Rule(
+                "self >= 1 && self <= 64",
+                "spec.resources.processesPerNode must be between 1 and 64",
+            )
+        ),
+    )
     gpu_resource_name: str = Field(
         default="nvidia.com/gpu",
         max_length=NAME_MAX,

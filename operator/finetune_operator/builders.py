@@ -131,7 +131,8 @@ def _env(job: Job, index: int, attempt: int, defaults: Defaults) -> list[dict[st
         node_rank=index,
         master_addr=master_address(job),
         master_port=defaults.master_port,
-        procs_per_node=spec.resources.gpus_per_node,
+        # Unset: one process per GPU, or one on a node without GPUs (the trainer decides).
+        procs_per_node=spec.resources.processes_per_node,
         attempt=attempt,
         metrics_port=defaults.metrics_port,
         work_dir=Path(c.SCRATCH_PATH),

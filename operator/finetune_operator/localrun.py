@@ -1,8 +1,9 @@
 """Running a FineTuneJob on this machine, without Kubernetes (`ftctl run --local`).
 
 The job runs exactly as in a pod: the `finetune-trainer` launcher with the
-environment contract of docs/trainer.md, as one node with N processes (gloo
-on CPUs, NCCL on GPUs). Checkpoints go to the job's checkpoint URI (S3 or a
+environment contract of docs/trainer.md, as one node holding all of the job's
+processes (one per GPU, NCCL; without GPUs one process on every core, gloo
+between several when asked for). Checkpoints go to the job's checkpoint URI (S3 or a
 local folder) and metrics are served on localhost.
 """
 
@@ -26,7 +27,7 @@ from . import trainer_cli
 @dataclass(frozen=True)
 class LocalRun:
     job: FineTuneJob
-    procs: int
+    procs: int | None  # None: the trainer's default (one per GPU, else one in all)
     work_dir: Path
     metrics_port: int
     device: str = "auto"
@@ -36,7 +37,7 @@ class LocalRun:
         return self.job.metadata.name or "finetune"
 
     def env(self, base: Mapping[str, str], master_port: int) -> dict[str, str]:
-        """The trainer's environment: the pod contract for one node of `procs` processes."""
+        """The trainer's environment: the pod contract for the job folded into one node."""
         spec = self.job.spec
         # Nothing needs the Hugging Face Hub: never wait on it.
         offline = all(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ class TrainerConfig(TrainerEnv):
     num_nodes: int = 1
     procs_per_node: int = 1
     cpu_threads: int = 1
+    micro_batch: int = 1  # examples per process in each forward/backward pass
+    eval_batch: int = 1
     termination_log: Path
 
     @property
@@ -103,8 +105,48 @@ def _at_least(field: str, value: int, minimum: int) -> int:
     return value
 
 
-def from_env(env: Mapping[str, str] | None = None) -> TrainerConfig:
-    """Parse the contract; a PermanentError names what is wrong."""
+def uses_gpu(device: str) -> bool:
+    """Whether training runs on GPUs: FT_DEVICE=cuda, or auto with a GPU visible."""
+    if device != "auto":
+        return device == "cuda"
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def default_procs(spec: FineTuneJobSpec, num_nodes: int, gpu: bool) -> int:
+    """Training processes on a node when FT_PROCS_PER_NODE is unset: the spec's
+    processesPerNode, else one per GPU, else (no GPU) one process using every core.
+    A local run folds the job's nodes into one node with all their processes."""
+    r = spec.resources
+    per_node = r.processes_per_node or (r.gpus_per_node if gpu else None)
+    if per_node is None:
+        return 1
+    return max(1, per_node * r.nodes // num_nodes)
+
+
+def batch_sizes(spec: FineTuneJobSpec, world: int) -> tuple[int, int]:
+    """Each process's train and eval micro-batch: the spec's per-GPU sizes times the
+    job's GPUs, shared by `world` processes, so the global batch never depends on how
+    many processes train (docs/trainer.md, "Processes")."""
+    t, r = spec.training, spec.resources
+    devices = r.nodes * r.gpus_per_node
+    examples = t.per_device_train_batch_size * devices
+    if examples % world:
+        raise PermanentError(
+            f"spec.resources.processesPerNode: {world} processes cannot share the "
+            f"{examples} examples of each micro-step (perDeviceTrainBatchSize "
+            f"{t.per_device_train_batch_size} x {devices} GPUs) evenly; use a number of "
+            f"processes that divides {examples}"
+        )
+    return examples // world, max(1, t.per_device_eval_batch_size * devices // world)
+
+
+def from_env(
+    env: Mapping[str, str] | None = None, gpu: Callable[[str], bool] = uses_gpu
+) -> TrainerConfig:
+    """Parse the contract; a PermanentError names what is wrong. `gpu(device)` says
+    whether training will run on GPUs (asked only when the processes are not given)."""
     try:
         base = TrainerEnv.from_env(os.environ if env is None else env)
     except EnvError as e:
@@ -119,10 +161,14 @@ def from_env(env: Mapping[str, str] | None = None) -> TrainerConfig:
     if node_rank >= num_nodes:
         rank, nodes = TrainerEnv.variable("node_rank"), TrainerEnv.variable("num_nodes")
         raise PermanentError(f"{rank}={node_rank} must be below {nodes}={num_nodes}")
-    procs = _at_least("procs_per_node", base.procs_per_node or spec.resources.gpus_per_node, 1)
+    if base.procs_per_node is None:
+        procs = default_procs(spec, num_nodes, gpu(base.device))
+    else:
+        procs = _at_least("procs_per_node", base.procs_per_node, 1)
     for field, minimum in (("master_port", 1), ("attempt", 1), ("metrics_port", 0)):
         _at_least(field, getattr(base, field), minimum)
     _at_least("shard_bytes", base.shard_bytes, 1)
+    micro, eval_batch = batch_sizes(spec, num_nodes * procs)
     kept = {f.name: getattr(base, f.name) for f in fields(TrainerEnv)}
     return TrainerConfig(
         **{
@@ -130,6 +176,8 @@ def from_env(env: Mapping[str, str] | None = None) -> TrainerConfig:
             "spec": spec,
             "num_nodes": num_nodes,
             "procs_per_node": procs,
+            "micro_batch": micro,
+            "eval_batch": eval_batch,
             # In a pod, Kubernetes' terminationMessagePath; elsewhere, the work dir.
             "termination_log": termination_log(env) or base.work_dir / "termination-log",
             "cpu_threads": _at_least(

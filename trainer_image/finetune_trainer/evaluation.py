@@ -31,9 +31,16 @@ def compute(predictions: list[int], references: list[int], num_labels: int) -> d
 
 class Evaluator:
     def __init__(
-        self, acc: Any, spec: FineTuneJobSpec, model: Any, tokenizer: Any, examples: list[Example]
+        self,
+        acc: Any,
+        spec: FineTuneJobSpec,
+        model: Any,
+        tokenizer: Any,
+        examples: list[Example],
+        batch_size: int,
     ) -> None:
         self.acc = acc
+        self.batch_size = batch_size
         self.spec = spec
         self.model = model
         self.tokenizer = tokenizer
@@ -44,7 +51,7 @@ class Evaluator:
         preds: list[int] = []
         labels: list[int] = []
         loss_sum = 0.0
-        size = self.spec.training.per_device_eval_batch_size
+        size = self.batch_size
         model.eval()
         with torch.no_grad():
             for i in range(0, len(self.examples), size):

