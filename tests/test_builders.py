@@ -64,6 +64,9 @@ def test_two_nodes_of_eight_gpus() -> None:
         assert container["resources"]["requests"] == container["resources"]["limits"]
         assert {"name": "shm", "mountPath": c.SHM_PATH} in container["volumeMounts"]
         assert {"name": "shm", "emptyDir": {"medium": "Memory"}} in spec["volumes"]
+        # Scratch is bounded: the documented default when the job says nothing.
+        assert {"name": "scratch", "emptyDir": {"sizeLimit": "200Gi"}} in spec["volumes"]
+        assert {"name": "scratch", "mountPath": c.SCRATCH_PATH} in container["volumeMounts"]
         assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
         assert spec["tolerations"] == [
             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -157,6 +160,13 @@ def test_gang_scheduling_groups(gang: builders.Gang, api: str) -> None:
         members.get(c.VOLCANO_GROUP_ANNOTATION),
     )
     assert builders.pod_group(job, "none") is None
+
+
+def test_the_scratch_size_comes_from_the_spec() -> None:
+    job = example_job()
+    job.spec.resources.scratch = "500Gi"
+    volumes = builders.pod(job, 0, attempt=1)["spec"]["volumes"]
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "500Gi"}} in volumes
 
 
 def test_pvc_uris_become_volumes() -> None:

@@ -84,7 +84,12 @@ def test_defaults_are_applied_by_the_apiserver(cluster: Cluster, namespace: str)
     assert spec["dataset"]["maxSeqLength"] == 128
     assert spec["training"]["learningRate"] == pytest.approx(5e-5)
     assert spec["training"]["numTrainEpochs"] == 3
-    assert spec["resources"] == {"nodes": 1, "gpusPerNode": 1, "gpuResourceName": "nvidia.com/gpu"}
+    assert spec["resources"] == {
+        "nodes": 1,
+        "gpusPerNode": 1,
+        "gpuResourceName": "nvidia.com/gpu",
+        "scratch": "200Gi",
+    }
     assert spec["runPolicy"]["ttlSecondsAfterFinished"] == 604800
     assert spec["checkpoints"]["saveTotalLimit"] == 3
     assert spec["suspend"] is False

@@ -207,6 +207,76 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], list[str]]] = [
         ["spec.training.numTrainEpochs", "greater than 0"],
     ),
     (
+        "memory-not-a-quantity",
+        set_path("spec.resources.memory", "lots"),
+        ["spec.resources.memory must be a positive quantity such as 16, 1500m or 200Gi"],
+    ),
+    (
+        "memory-with-two-points",
+        set_path("spec.resources.memory", "1.5.5Gi"),
+        ["spec.resources.memory must be a positive quantity"],
+    ),
+    (
+        "cpu-with-a-space",
+        set_path("spec.resources.cpu", "2 cores"),
+        ["spec.resources.cpu must be a positive quantity"],
+    ),
+    (
+        "zero-cpu",
+        set_path("spec.resources.cpu", 0),
+        ["spec.resources.cpu must be a positive quantity"],
+    ),
+    (
+        "negative-shared-memory",
+        set_path("spec.resources.sharedMemory", "-1Gi"),
+        ["spec.resources.sharedMemory must be a positive quantity"],
+    ),
+    (
+        "scratch-unknown-suffix",
+        set_path("spec.resources.scratch", "100GB"),
+        ["spec.resources.scratch must be a positive quantity"],
+    ),
+    (
+        "output-uri-http",
+        set_path("spec.output", {"uri": "http://models.example/out"}),
+        ["spec.output.uri must be s3://BUCKET/PREFIX"],
+    ),
+    (
+        "gpu-resource-name-with-space",
+        set_path("spec.resources.gpuResourceName", "nvidia gpu"),
+        ["spec.resources.gpuResourceName must be a resource name like nvidia.com/gpu"],
+    ),
+    (
+        "s3-settings-without-s3",
+        lambda job: job["spec"].update(
+            {
+                "checkpoints": {"uri": "pvc://ckpt/mrpc"},
+                "s3": {"endpoint": "http://minio:9000"},
+            }
+        ),
+        ["spec.s3 is set but no URI of the job uses s3://"],
+    ),
+    (
+        "negative-max-grad-norm",
+        set_path("spec.training.maxGradNorm", -1.0),
+        ["spec.training.maxGradNorm must be 0 (off) or positive"],
+    ),
+    (
+        "warmup-ratio-of-one",
+        set_path("spec.training.warmupRatio", 1.0),
+        ["spec.training.warmupRatio must be at least 0 and below 1"],
+    ),
+    (
+        "negative-weight-decay",
+        set_path("spec.training.weightDecay", -0.01),
+        ["spec.training.weightDecay must be at least 0 and below 1"],
+    ),
+    (
+        "eval-split-same-as-train",
+        set_path("spec.dataset.evalSplit", "train"),
+        ["spec.dataset.evalSplit must differ from trainSplit"],
+    ),
+    (
         "typo-in-field-name",
         set_path("spec.training.lr", 1e-4),
         ['unknown field "spec.training.lr"'],

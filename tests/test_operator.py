@@ -265,6 +265,25 @@ def test_more_gpus_than_any_node_has_is_reported_unschedulable(
     wait_for(lambda: "Unschedulable" in events_of(cluster, ns, "huge"), 20, "a warning event")
 
 
+def test_a_pod_the_api_refuses_fails_the_job_with_the_apis_message(
+    cluster: Cluster, world: dict[str, Any]
+) -> None:
+    # A label value with a space passes the CRD (nodeSelector is free-form) but not
+    # the apiserver's pod validation: the job fails once, it is not retried forever.
+    ns = world["ns"]
+    body = job_body("badsel", nodes=2, gpus=8, scheduling={"nodeSelector": {"disk": "fast ssd"}})
+    cluster.create_job(ns, body)
+    st = wait_phase(cluster, ns, "badsel", "Failed", timeout=30)
+    failed = cond(st, "Failed")
+    assert failed["reason"] == "PodRejected"
+    assert "the API refused a training pod" in failed["message"]
+    assert "spec.nodeSelector" in failed["message"], failed["message"]
+    assert "fast ssd" in failed["message"]
+    wait_for(lambda: "PodRejected" in events_of(cluster, ns, "badsel"), 20, "a warning event")
+    assert pods_of(cluster, ns, "badsel") == []
+    assert st.get("restartCount", 0) == 0
+
+
 def test_progress_is_read_from_rank0_and_a_spec_edit_during_status_writes_is_kept(
     cluster: Cluster, world: dict[str, Any]
 ) -> None:

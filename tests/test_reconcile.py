@@ -170,6 +170,25 @@ def test_the_permanent_error_code_fails_the_job_at_once() -> None:
     assert [e.type for e in plan.events if e.reason == "TrainerError"] == ["Warning"]
 
 
+def test_a_pod_the_api_refused_fails_the_job_instead_of_a_retry_loop() -> None:
+    obj = job_object()
+    first = reconcile(obj, [], NOW)
+    obj = apply(obj, first)
+    # Pod 0 was created, the API refused pod 1: the next pass fails the job, stops pod 0.
+    pod0 = with_phase(next(m for m in first.create if m["kind"] == "Pod"), "Pending")
+    why = 'Pod "mrpc-node-1" is invalid: spec.nodeSelector: Invalid value: "fast ssd"'
+    plan = reconcile(obj, [pod0], NOW, rejected=why)
+    assert plan.status.phase == c.Phase.FAILED
+    failed = next(x for x in plan.status.conditions or [] if x.type == "Failed")
+    assert failed.reason == "PodRejected"
+    assert failed.message.endswith(why)
+    assert plan.create == []
+    assert plan.delete_pods == ["mrpc-node-0"]
+    assert [e.type for e in plan.events if e.reason == "PodRejected"] == ["Warning"]
+    # Nothing is created again on later passes.
+    assert reconcile(apply(obj, plan), [], NOW).create == []
+
+
 def test_an_oom_kill_is_named_in_the_failure() -> None:
     """The kubelet's OOMKilled reason reaches the job, even when the container also left
     a message (here the log tail Kubernetes falls back to)."""

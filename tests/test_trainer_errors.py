@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,28 @@ def test_bad_input_fails_fast_with_one_clear_line(
     assert expected in last, last
     assert "Traceback" not in last
     assert "remote code ran" not in result.stdout + result.stderr
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str) -> Iterator[Path]:
+    """A real filesystem of `size` (tmpfs), so writes fail with ENOSPC as on a full disk."""
+    where.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_a_full_disk_is_reported_as_such(tiny_model: Path, tmp_path: Path) -> None:
+    spec = base_spec(tiny_model, f"file://{MRPC}/train.tsv", tmp_path)
+    log = tmp_path / "termination-log"  # in a pod: /dev/termination-log, off the scratch disk
+    with small_disk(tmp_path / "scratch", "256k") as scratch:
+        result = run_trainer(spec, scratch, {"FT_TERMINATION_LOG": str(log)})
+    out = result.stdout + result.stderr
+    assert result.returncode == ExitCode.DISK_FULL, out[-3000:]
+    code, reason = log.read_text().split(" ", 1)
+    assert int(code) == ExitCode.DISK_FULL
+    print(f"\n{reason}")
+    assert reason.startswith(f"DiskFull: no space left under {tmp_path / 'scratch'}"), reason
+    assert "finetune-trainer: DiskFull: no space left" in result.stderr.strip().splitlines()[-1]

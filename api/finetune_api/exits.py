@@ -20,6 +20,8 @@ class ExitCode(IntEnum):
     SUCCESS = 0
     # Configuration or data the trainer cannot use: retrying cannot help.
     PERMANENT = 42
+    # The trainer's disk (the pod's /scratch) filled up: retried, with a reason saying so.
+    DISK_FULL = 74
     # Storage, network or peer failures: a new attempt may succeed.
     RETRYABLE = 75
 

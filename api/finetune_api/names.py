@@ -80,6 +80,8 @@ class Reason(StrEnum):
     CONTAINER_CONFIG = "ContainerConfigError"
     # An earlier attempt's pod removed from a node whose kubelet stopped reporting.
     NODE_LOST = "NodeLost"
+    # The API refused to create a training pod (invalid, or forbidden by admission).
+    POD_REJECTED = "PodRejected"
 
 
 class ConditionStatus(StrEnum):

@@ -128,7 +128,11 @@ def _merge(schema: dict[str, Any], extra: dict[str, Any]) -> None:
 def field_schema(info: FieldInfo, where: str) -> dict[str, Any]:
     if not info.description:
         raise SchemaError(f"{where} has no description (kubectl explain would show nothing)")
-    schema = type_schema(info.annotation, where)
+    # pydantic keeps a required field's Annotated[...] markers in info.metadata.
+    if any(isinstance(m, IntOrString) for m in info.metadata):
+        schema: dict[str, Any] = {"x-kubernetes-int-or-string": True}
+    else:
+        schema = type_schema(info.annotation, where)
     schema["description"] = info.description
     _constraints(info, schema)
     default = _default(info)

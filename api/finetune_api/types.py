@@ -11,10 +11,11 @@ every cross-field check is a CEL rule whose message names the field.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from .base import ApiModel, Rule, cel, immutable
 from .env import AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, HF_TOKEN
@@ -36,7 +37,35 @@ class IntOrString:
     """Marks a field that takes an integer or a string (a Kubernetes quantity)."""
 
 
-Quantity = Annotated[int | str, IntOrString()]
+# The Kubernetes quantity grammar (resource.Quantity), unsigned: a number, then a binary
+# (Ki..Ei) or decimal (m, k..E) suffix or an exponent.
+QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[KMGTPE]i|[mkMGTPE])?$"
+_QUANTITY_NUMBER = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)"
+QUANTITY_EXAMPLES = "16, 1500m or 200Gi"
+# Room for a 7B model's download and one fp32 checkpoint with its optimizer state (~100 GB).
+DEFAULT_SCRATCH = "200Gi"
+
+
+def _positive_quantity(value: int | str) -> int | str:
+    """The same check as quantity_rule's, for files that never reach an apiserver."""
+    text = str(value)
+    number = re.match(_QUANTITY_NUMBER, text)
+    if not re.match(QUANTITY, text) or number is None or float(number.group()) <= 0:
+        raise ValueError(f"must be a positive quantity such as {QUANTITY_EXAMPLES}, got {value!r}")
+    return value
+
+
+Quantity = Annotated[int | str, IntOrString(), AfterValidator(_positive_quantity)]
+
+
+def quantity_rule(path: str) -> Rule:
+    """CEL's quantity library (the apiserver's own parser) on an int-or-string field."""
+    return Rule(
+        "type(self) == int ? self > 0 : "
+        "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
+        f"{path} must be a positive quantity such as {QUANTITY_EXAMPLES}",
+    )
+
 
 # Pieces of the URI rules, in the RE2 syntax CEL uses (Python's re agrees).
 _S3_BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
@@ -266,10 +295,16 @@ class TrainingSpec(ApiModel):
         ),
     )
     per_device_train_batch_size: int = Field(
-        default=8, ge=1, le=65536, description="Training examples per GPU (or process) per step."
+        default=8,
+        ge=1,
+        le=65536,
+        description=(
+            "Training examples per GPU per step; without GPUs the processes share the "
+            "batch of nodes x gpusPerNode GPUs."
+        ),
     )
     per_device_eval_batch_size: int = Field(
-        default=8, ge=1, le=65536, description="Evaluation examples per GPU (or process)."
+        default=8, ge=1, le=65536, description="Evaluation examples per GPU (shared likewise)."
     )
     gradient_accumulation_steps: int = Field(
         default=1, ge=1, le=65536, description="Micro-batches accumulated per optimizer step."
@@ -403,14 +438,28 @@ class ResourcesSpec(ApiModel):
         ),
     )
     cpu: Quantity | None = Field(
-        default=None, description="CPU request and limit per pod, e.g. 16 or 15500m."
+        default=None,
+        description="CPU request and limit per pod, e.g. 16 or 15500m.",
+        json_schema_extra=cel(quantity_rule("spec.resources.cpu")),
     )
     memory: Quantity | None = Field(
-        default=None, description="Memory request and limit per pod, e.g. 200Gi."
+        default=None,
+        description="Memory request and limit per pod, e.g. 200Gi.",
+        json_schema_extra=cel(quantity_rule("spec.resources.memory")),
     )
     shared_memory: Quantity | None = Field(
         default=None,
         description="Size of the memory-backed /dev/shm of each pod (default: half of memory).",
+        json_schema_extra=cel(quantity_rule("spec.resources.sharedMemory")),
+    )
+    scratch: Quantity = Field(
+        default=DEFAULT_SCRATCH,
+        description=(
+            "Size limit of each pod's /scratch volume (the downloaded model, the Hugging Face "
+            "cache, checkpoints on their way to storage); the kubelet evicts a pod that "
+            f"writes more. Default {DEFAULT_SCRATCH}."
+        ),
+        json_schema_extra=cel(quantity_rule("spec.resources.scratch")),
     )
 
 

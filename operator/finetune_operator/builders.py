@@ -175,7 +175,7 @@ def _volumes(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str
         shm["sizeLimit"] = str(spec.resources.shared_memory)
     volumes: list[dict[str, Any]] = [
         {"name": "shm", "emptyDir": shm},
-        {"name": "scratch", "emptyDir": {}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": str(spec.resources.scratch)}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "shm", "mountPath": c.SHM_PATH},

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from finetune_api import names as c
 from finetune_api.names import node_name
 
-from .kube import Kube
+from .kube import Kube, Rejected
 from .node_loss import nodes_to_check
 from .progress import Reading, scrape
 from .reconcile import Settings, phase_of, reconcile
@@ -201,6 +201,8 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._phases: dict[Key, str] = {}
+        # Why the API refused a pod of a job on its last pass, for the next one.
+        self._rejected: dict[Key, str] = {}
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -259,7 +261,8 @@ class Controller:
         now = self.clock()
         reading = self._read_progress(job, pods, now)
         lost = frozenset(n for n in nodes_to_check(pods, now) if not self.kube.node_ready(n))
-        plan = reconcile(job, pods, now, self.settings, reading, lost)
+        rejected = self._rejected.pop(key, None)
+        plan = reconcile(job, pods, now, self.settings, reading, lost, rejected)
         new_status = plan.status.to_wire()
         if new_status != (job.get("status") or {}):
             self.kube.patch_status(job, new_status)
@@ -267,10 +270,13 @@ class Controller:
             self.kube.delete_pod(namespace, pod_name)
         for pod_name in plan.force_delete_pods:
             self.kube.delete_pod(namespace, pod_name, grace_seconds=0)
-        for manifest in plan.create:
-            created = self.kube.create(manifest)
-            if created and manifest["kind"] == "Pod":
-                self.metrics.pods_created.inc()
+        try:
+            self._create(plan.create)
+        except Rejected as e:
+            # The next pass fails the job with the API's message instead of retrying.
+            log.warning("%s/%s: the API refused a pod: %s", namespace, name, e)
+            self._rejected[key] = str(e)
+            self.queue.add(key)
         for event in plan.events:
             self.kube.event(job, event.type, event.reason, event.message)
             log.info("%s/%s: %s %s", namespace, name, event.reason, event.message)
@@ -285,6 +291,12 @@ class Controller:
         self._count_phases()
         self.metrics.reconciles.inc()
         self.metrics.reconcile_seconds.observe(time.monotonic() - began)
+
+    def _create(self, manifests: list[dict[str, Any]]) -> None:
+        for manifest in manifests:
+            created = self.kube.create(manifest)
+            if created and manifest["kind"] == "Pod":
+                self.metrics.pods_created.inc()
 
     def _read_progress(
         self, job: dict[str, Any], pods: list[dict[str, Any]], now: datetime

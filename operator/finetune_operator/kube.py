@@ -27,6 +27,17 @@ def _json(response: Any) -> Any:
     return json.loads(response.data)
 
 
+class Rejected(Exception):
+    """The API refused an object for a reason that creating it again cannot change."""
+
+
+def _api_message(e: ApiException) -> str:
+    try:
+        return str(json.loads(e.body or "{}").get("message") or e.reason)[:1000]
+    except (ValueError, AttributeError):
+        return str(e.reason)
+
+
 class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
@@ -81,7 +92,9 @@ class Kube:
         ]
 
     def create(self, manifest: dict[str, Any]) -> bool:
-        """Create one object; False when it already exists."""
+        """Create one object; False when it already exists. Rejected (with the API's
+        message) when the API refuses it for good: invalid, or forbidden by admission
+        for any reason but a full quota, which may free up."""
         body: Any = manifest  # the client sends plain dictionaries as they are
         ns = manifest["metadata"]["namespace"]
         kind = manifest["kind"]
@@ -99,6 +112,9 @@ class Kube:
         except ApiException as e:
             if e.status == 409:
                 return False
+            message = _api_message(e)
+            if e.status in (400, 422) or (e.status == 403 and "exceeded quota" not in message):
+                raise Rejected(message) from None
             raise
         return True
 

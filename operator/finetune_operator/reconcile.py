@@ -52,6 +52,7 @@ WARNING_REASONS = {
     Reason.UNSCHEDULABLE,
     Reason.IMAGE_PULL,
     Reason.CONTAINER_CONFIG,
+    Reason.POD_REJECTED,
 }
 
 
@@ -227,9 +228,11 @@ class _Reconcile:
         settings: Settings,
         reading: Reading | None,
         lost_nodes: frozenset[str],
+        rejected: str | None = None,
     ) -> None:
         self.obj, self.now, self.settings, self.reading = obj, now, settings, reading
         self.lost_nodes = lost_nodes
+        self.rejected = rejected
         self.job = Job.from_object(obj)
         self.spec = self.job.spec
         self.generation = obj["metadata"].get("generation")
@@ -280,6 +283,13 @@ class _Reconcile:
         if self.st.phase in FINISHED:
             self.delete(self.live())
             self._expire()
+        elif self.rejected is not None:
+            # Creating it again would be refused again: no retry loop, the API's words.
+            self.finish(
+                Phase.FAILED,
+                Reason.POD_REJECTED,
+                f"the API refused a training pod; fix the spec in a new job: {self.rejected}",
+            )
         elif self.spec.suspend:
             self._suspend()
         elif not self._deadline_passed():
@@ -484,8 +494,10 @@ def reconcile(
     settings: Settings | None = None,
     reading: Reading | None = None,
     lost_nodes: frozenset[str] = frozenset(),
+    rejected: str | None = None,
 ) -> Plan:
     """The next plan for one job, given its pods (all attempts) as the API shows them,
-    what its rank-0 pod's metrics said (if it runs), and which of the nodes that
-    node_loss.nodes_to_check named are not ready."""
-    return _Reconcile(obj, pods, now, settings or Settings(), reading, lost_nodes).run()
+    what its rank-0 pod's metrics said (if it runs), which of the nodes that
+    node_loss.nodes_to_check named are not ready, and why the API refused one of its
+    pods on the last pass (None if it did not)."""
+    return _Reconcile(obj, pods, now, settings or Settings(), reading, lost_nodes, rejected).run()

@@ -9,6 +9,8 @@ treated as retryable by the operator.
 from __future__ import annotations
 
 import contextlib
+import errno
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,6 +31,41 @@ class RetryableError(Exception):
     exit_code = ExitCode.RETRYABLE
 
 
+class DiskFullError(RetryableError):
+    """The work dir's filesystem is full: a new attempt (perhaps on another node) may do."""
+
+    exit_code = ExitCode.DISK_FULL
+
+
+# Below this much free space a failed write is taken for a full disk: torch's own
+# writer reports ENOSPC only as "file write failed".
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def disk_full(error: BaseException, work_dir: Path) -> DiskFullError | None:
+    """The error as a DiskFullError when the disk under `work_dir` is what failed:
+    ENOSPC anywhere in its chain, or a nearly full disk."""
+    seen: BaseException | None = error
+    found = False
+    while seen is not None and not found:
+        found = (isinstance(seen, OSError) and seen.errno == errno.ENOSPC) or (
+            "No space left on device" in str(seen)
+        )
+        seen = seen.__cause__ or seen.__context__
+    try:
+        free = shutil.disk_usage(work_dir).free
+    except OSError:
+        free = None
+    if not found and (free is None or free >= NEARLY_FULL_BYTES):
+        return None
+    left = "" if free is None else f", {free / (1 << 20):.1f} MiB free"
+    return DiskFullError(
+        f"DiskFull: no space left under {work_dir}{left} ({type(error).__name__}: {error}); "
+        "in a pod this is the /scratch volume on the node's disk: free the node's disk or "
+        "run on a node with more"
+    )
+
+
 def termination_log(env: Mapping[str, str] | None = None) -> Path | None:
     """Where a failure's reason goes: FT_TERMINATION_LOG, else the file Kubernetes
     creates at terminationMessagePath in a pod; outside a pod, nowhere."""
@@ -42,7 +79,8 @@ def termination_log(env: Mapping[str, str] | None = None) -> Path | None:
 def record_failure(error: BaseException) -> int:
     """Write the one-line reason where Kubernetes (and the launcher) finds it."""
     code = int(getattr(error, "exit_code", ExitCode.RETRYABLE))
-    text = str(error) if isinstance(error, PermanentError) else f"{type(error).__name__}: {error}"
+    plain = isinstance(error, (PermanentError, DiskFullError))
+    text = str(error) if plain else f"{type(error).__name__}: {error}"
     previous = recorded_failure()
     if previous and previous[0] == ExitCode.PERMANENT and code != ExitCode.PERMANENT:
         # Peers fail too once one rank stops; keep the root cause.

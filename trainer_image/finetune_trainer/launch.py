@@ -84,8 +84,8 @@ one JSON object a line (what `ftctl checkpoints` shows).
 Environment (FT_JOB_SPEC or FT_JOB_SPEC_FILE is required):
 {variables}
 
-Exit codes: 0 done, {permanent} bad configuration or data (no retry helps), {retryable} or
-other: retryable. See docs/trainer.md."""
+Exit codes: 0 done, {permanent} bad configuration or data (no retry helps), {disk_full} the
+disk under FT_WORK_DIR is full, {retryable} or other: retryable. See docs/trainer.md."""
 
 
 def usage() -> str:
@@ -97,6 +97,7 @@ def usage() -> str:
         variables="\n".join(rows),
         permanent=int(ExitCode.PERMANENT),
         retryable=int(ExitCode.RETRYABLE),
+        disk_full=int(ExitCode.DISK_FULL),
     )
 
 

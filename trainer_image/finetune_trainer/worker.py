@@ -6,8 +6,10 @@ import logging
 import os
 import sys
 
+from finetune_api.env import TrainerEnv
+
 from .config import from_env
-from .errors import PermanentError, record_failure
+from .errors import PermanentError, disk_full, record_failure
 from .train import Run, configure_logging
 
 log = logging.getLogger("finetune")
@@ -24,6 +26,10 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return record_failure(e)
     except Exception as e:
+        full = disk_full(e, TrainerEnv.read("work_dir"))
+        if full is not None:
+            log.error("%s", full)
+            return record_failure(full)
         log.exception("training failed")
         return record_failure(e)
     return 0
