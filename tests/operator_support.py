@@ -248,6 +248,9 @@ class Kubelet(PodWatch):
         )
 
 
+RESTART_BACKOFF = 2
+
+
 class OperatorProcess:
     """`finetune-operator` run as a real process against the test cluster."""
 
@@ -282,6 +285,9 @@ class OperatorProcess:
             "5",
             "--progress-seconds",
             "1",
+            # 2 s, 4 s, ...: short enough for these tests, long enough to see the spacing.
+            "--restart-backoff-seconds",
+            str(RESTART_BACKOFF),
             *self.extra,
         ]
         with self.log_path.open("ab") as out:

@@ -15,6 +15,7 @@ import copy
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from finetune_api import names as c
 from finetune_api.exits import ExitCode
 
 from .conftest import Cluster
-from .operator_support import Kubelet, OperatorProcess, gpu_nodes
+from .operator_support import RESTART_BACKOFF, Kubelet, OperatorProcess, gpu_nodes
 
 
 def job_body(name: str, nodes: int = 2, gpus: int = 8, **extra: Any) -> dict[str, Any]:
@@ -174,15 +175,33 @@ def test_the_permanent_error_code_fails_at_once_and_backoff_limit_is_kept(
         "the running pod to be removed",
     )
 
-    cluster.create_job(ns, job_body("flaky", nodes=1, gpus=8, runPolicy={"backoffLimit": 1}))
-    kubelet.exit(scheduled_pods(cluster, ns, "flaky", 1)[0].metadata.name, 1, "NCCL timeout")
-    kubelet.exit(
-        scheduled_pods(cluster, ns, "flaky", 1, attempt="2")[0].metadata.name, 1, "NCCL timeout"
-    )
+    cluster.create_job(ns, job_body("flaky", nodes=1, gpus=8, runPolicy={"backoffLimit": 2}))
+    for attempt, backoff in (("1", RESTART_BACKOFF), ("2", 2 * RESTART_BACKOFF)):
+        failed_at = datetime.now(UTC)
+        pod = scheduled_pods(cluster, ns, "flaky", 1, attempt=attempt)[0]
+        kubelet.exit(pod.metadata.name, 1, "NCCL timeout")
+        st = wait_for(
+            lambda a=attempt: (
+                f"attempt {int(a) + 1} starts at"
+                in cond(s := status(cluster, ns, "flaky"), "Restarting").get("message", "")
+                and s
+            ),
+            20,
+            f"attempt {attempt}'s restart",
+        )
+        assert st["phase"] == "Restarting"
+        assert f"after a {backoff}s backoff" in cond(st, "Restarting")["message"]
+        next_at = datetime.fromisoformat(st["nextAttemptTime"])
+        # The next attempt's pod is created only once its backoff has passed (the API
+        # keeps whole seconds of creationTimestamp).
+        new = scheduled_pods(cluster, ns, "flaky", 1, attempt=str(int(attempt) + 1))[0]
+        assert new.metadata.creation_timestamp >= next_at.replace(microsecond=0)
+        assert (new.metadata.creation_timestamp - failed_at).total_seconds() >= backoff - 1
+    kubelet.exit(new.metadata.name, 1, "NCCL timeout")
     st = wait_phase(cluster, ns, "flaky", "Failed")
     assert cond(st, "Failed")["reason"] == "BackoffLimitExceeded"
-    assert "backoffLimit 1" in cond(st, "Failed")["message"]
-    assert st["restartCount"] == 1
+    assert "backoffLimit 2" in cond(st, "Failed")["message"]
+    assert st["restartCount"] == 2
     wait_for(
         lambda: "BackoffLimitExceeded" in events_of(cluster, ns, "flaky"),
         20,

@@ -107,12 +107,34 @@ def test_a_retryable_failure_starts_a_new_attempt_only_after_the_old_pods_are_go
     waiting = reconcile(obj, terminating, NOW)
     assert waiting.create == []
     assert waiting.delete_pods == []
-    # Once they are gone, attempt 2 is created.
-    fresh = reconcile(obj, [], NOW)
+    # Once they are gone, attempt 2 waits out the first backoff (10 s), then is created.
+    early = reconcile(obj, [], NOW + timedelta(seconds=9))
+    assert early.create == []
+    assert early.requeue_after == 1.0
+    fresh = reconcile(obj, [], NOW + timedelta(seconds=10))
     created = [p for p in fresh.create if p["kind"] == "Pod"]
     assert [p["metadata"]["labels"][c.LABEL_ATTEMPT] for p in created] == ["2", "2"]
+    assert fresh.status.next_attempt_time is None
     message = next(x for x in obj["status"]["conditions"] if x["type"] == "Restarting")["message"]
     assert "mrpc-node-1 exited with code 75: lost the rendezvous with rank 0" in message
+    assert "attempt 2 starts at 2026-11-22T12:00:10Z, after a 10s backoff" in message
+
+
+def test_the_backoff_doubles_per_restart_up_to_its_cap() -> None:
+    settings = Settings(restart_backoff=10, restart_backoff_max=300)
+    obj, now, waits = job_object(runPolicy={"backoffLimit": 8}), NOW, []
+    obj = apply(obj, reconcile(obj, [], now, settings))
+    for _ in range(7):
+        plan = reconcile(obj, [], now, settings)
+        pods = [
+            with_phase(p, "Failed", 1, "NCCL timeout") for p in plan.create if p["kind"] == "Pod"
+        ]
+        obj = apply(apply(obj, plan), reconcile(apply(obj, plan), pods, now, settings))
+        at = datetime.fromisoformat(obj["status"]["nextAttemptTime"])
+        waits.append((at - now).total_seconds())
+        now = at
+    assert waits == [10, 20, 40, 80, 160, 300, 300]
+    assert obj["status"]["restartCount"] == 7
 
 
 def test_old_pods_stuck_on_a_lost_node_are_removed_so_the_next_attempt_starts() -> None:

@@ -835,6 +835,10 @@ class FineTuneJobStatus(ApiModel):
         default=None, description="Times the gang was restarted after a failure."
     )
     attempt: int | None = Field(default=None, description="Current attempt, 1 for the first run.")
+    next_attempt_time: datetime | None = Field(
+        default=None,
+        description="While Restarting: when the next attempt's pods are created (the backoff).",
+    )
     progress: Progress | None = Field(default=None, description="Training progress.")
     last_checkpoint: CheckpointRef | None = Field(
         default=None, description="The newest committed checkpoint."

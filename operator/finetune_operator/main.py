@@ -22,6 +22,7 @@ from prometheus_client import generate_latest
 
 from finetune_api import names as c
 
+from . import restart
 from .builders import Defaults
 from .controller import Controller
 from .kube import Kube
@@ -178,6 +179,20 @@ def _load_config(kubeconfig: str | None) -> client.ApiClient:
     help="How often a running job's progress is read.",
 )
 @click.option(
+    "--restart-backoff-seconds",
+    type=click.FloatRange(0),
+    default=restart.DEFAULT_BASE_SECONDS,
+    show_default=True,
+    help="Wait before a failed gang's first restart; doubles with each further restart.",
+)
+@click.option(
+    "--restart-backoff-max-seconds",
+    type=click.FloatRange(0),
+    default=restart.DEFAULT_CAP_SECONDS,
+    show_default=True,
+    help="The longest wait between attempts.",
+)
+@click.option(
     "--stale-watch-seconds",
     type=click.FloatRange(1),
     default=120.0,
@@ -212,6 +227,8 @@ def main(
     workers: int,
     resync_seconds: float,
     progress_seconds: float,
+    restart_backoff_seconds: float,
+    restart_backoff_max_seconds: float,
     stale_watch_seconds: float,
     http_port: int,
     http_address: str,
@@ -231,6 +248,8 @@ def main(
         defaults=Defaults(image=image, metrics_port=trainer_metrics_port),
         gang=gang_scheduler,  # type: ignore[arg-type]
         progress_interval=progress_seconds,
+        restart_backoff=restart_backoff_seconds,
+        restart_backoff_max=restart_backoff_max_seconds,
     )
     _controller = Controller(
         Kube(_load_config(kubeconfig)),

@@ -27,6 +27,7 @@ from finetune_api.names import ConditionType as T
 from finetune_api.names import Phase, Reason
 from finetune_api.types import CheckpointRef, Condition, FineTuneJobStatus
 
+from . import restart
 from .builders import Defaults, Gang, Job, pod, pod_group, service
 from .node_loss import left_behind, next_look, node_of
 from .progress import Reading
@@ -64,6 +65,9 @@ class Settings:
     gang: Gang = "none"
     # How often a running job's progress is read from its rank-0 pod.
     progress_interval: float = 15.0
+    # The wait before a restart: base, doubling per restart, up to the cap (restart.py).
+    restart_backoff: float = restart.DEFAULT_BASE_SECONDS
+    restart_backoff_max: float = restart.DEFAULT_CAP_SECONDS
 
 
 @dataclass(frozen=True)
@@ -335,6 +339,8 @@ class _Reconcile:
             if st.phase is None:
                 st.phase = Phase.PENDING
             return
+        if not self.current and self._backing_off():
+            return
         failed = sorted((p for p in self.current.values() if phase_of(p) == "Failed"), key=index_of)
         if failed:
             self._failed(failed[0])
@@ -374,8 +380,16 @@ class _Reconcile:
         if wait is not None:
             self.plan.requeue(wait)
 
+    def _backing_off(self) -> bool:
+        """Whether the next attempt must still wait (its time is then the requeue)."""
+        left = restart.wait_left(self.st.next_attempt_time, self.now)
+        if left > 0:
+            self.plan.requeue(left)
+        return left > 0
+
     def _create(self, missing: list[int]) -> None:
         st, job, s = self.st, self.job, self.settings
+        st.next_attempt_time = None
         self.plan.create.append(service(job, s.defaults))
         group = pod_group(job, s.gang)
         if group is not None:
@@ -463,8 +477,14 @@ class _Reconcile:
         st.attempt = failed_attempt + 1
         st.restart_count = restarts + 1
         st.phase = Phase.RESTARTING
+        s = self.settings
+        wait = restart.backoff_seconds(st.restart_count, s.restart_backoff, s.restart_backoff_max)
+        st.next_attempt_time = restart.next_attempt_at(
+            self.now, st.restart_count, s.restart_backoff, s.restart_backoff_max
+        )
         message = (
-            f"attempt {failed_attempt} failed ({what}); starting attempt {st.attempt}, "
+            f"attempt {failed_attempt} failed ({what}); attempt {st.attempt} starts at "
+            f"{st.next_attempt_time:%Y-%m-%dT%H:%M:%SZ}, after a {wait:g}s backoff, "
             f"restart {st.restart_count} of {limit}, from the last checkpoint"
         )
         self.cond(T.RESTARTING, S.TRUE, reason, message)

@@ -94,6 +94,8 @@ def describe(job: FineTuneJob, events: list[Any]) -> str:
         f"backoffLimit: {spec.run_policy.backoff_limit})",
         f"Suspended:    {str(spec.suspend).lower()}",
     ]
+    if st.next_attempt_time is not None:
+        lines.append(f"Next attempt: {st.next_attempt_time:%Y-%m-%dT%H:%M:%SZ} (backoff)")
     p = st.progress
     if p is not None:
         evals = _evals(p)

@@ -60,6 +60,8 @@ def operator(cluster: Cluster, nodes: Any, helm: str) -> Iterator[dict[str, str]
             "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
             "--set", "image.pullPolicy=Never", "--set", "resyncSeconds=10",
             "--set", "progressSeconds=2",
+            # Restarts spaced 3 s, 6 s, ... (the spacing itself: tests/test_operator.py).
+            "--set", "restartBackoffSeconds=3",
         ],
         capture_output=True, text=True, check=False, timeout=240,
     )  # fmt: skip
