@@ -79,3 +79,35 @@ def test_checkpoints_from_before_the_owner_marker_are_taken_over(tmp_path: Path)
         "namespace": "ml",
     }
     assert [c.step for c in store.committed()] == [10]
+
+
+def damage_all(root: Path) -> None:
+    for weights in root.glob("step-*/model.safetensors"):
+        body = bytearray(weights.read_bytes())
+        body[0] ^= 0xFF
+        weights.write_bytes(bytes(body))
+
+
+def test_when_every_checkpoint_is_damaged_the_job_fails_naming_them(tmp_path: Path) -> None:
+    store = CheckpointStore(f"file://{tmp_path}/ckpt", None, keep=2)
+    for step in (10, 20):
+        store.commit(snapshot(tmp_path, step), step, {})
+    damage_all(tmp_path / "ckpt")
+    with pytest.raises(PermanentError) as err:
+        store.restore(tmp_path / "restore")
+    message = str(err.value)
+    assert f"every committed checkpoint under file://{tmp_path}/ckpt is damaged" in message
+    assert "step-000000020 (model.safetensors does not match its SHA-256" in message
+    assert "step-000000010" in message
+    assert "spec.checkpoints.onCorrupt: restart" in message
+
+
+def test_on_corrupt_restart_starts_from_step_zero(tmp_path: Path) -> None:
+    store = CheckpointStore(f"file://{tmp_path}/ckpt", None, keep=2, on_corrupt="restart")
+    store.commit(snapshot(tmp_path, 10), 10, {})
+    damage_all(tmp_path / "ckpt")
+    assert store.restore(tmp_path / "restore") is None
+    # With one intact checkpoint left, it is the one restored.
+    store.commit(snapshot(tmp_path, 20), 20, {})
+    found = store.restore(tmp_path / "restore")
+    assert found is not None and found[0].step == 20

@@ -86,6 +86,7 @@ CASES = [
     "unreachable-s3",
     "needs-remote-code",
     "hub-dataset-offline",
+    "all-checkpoints-damaged",
 ]
 
 
@@ -136,6 +137,16 @@ def test_bad_input_fails_fast_with_one_clear_line(
         expected = (
             "spec.dataset.uri: hf://nyu-mll/glue is on the Hugging Face Hub but HF_HUB_OFFLINE"
         )
+    elif case == "all-checkpoints-damaged":
+        # An earlier attempt committed a checkpoint whose weights were damaged since.
+        from finetune_trainer.checkpoint import CheckpointStore
+
+        snapshot = tmp_path / "snapshot"
+        snapshot.mkdir()
+        (snapshot / "model.safetensors").write_bytes(b"weights")
+        CheckpointStore(spec["checkpoints"]["uri"], None).commit(snapshot, 1, {})
+        (tmp_path / "ckpt" / "step-000000001" / "model.safetensors").write_bytes(b"damaged")
+        expected = f"spec.checkpoints: every committed checkpoint under file://{tmp_path}/ckpt"
     else:
         spec["model"]["uri"] = f"file://{remote_code_model(tiny_model, tmp_path / 'acme')}"
         expected = "spec.model.trustRemoteCode: file://"

@@ -662,6 +662,13 @@ class CheckpointSpec(ApiModel):
         default=False,
         description="Also keep the checkpoint with the best metricForBestModel.",
     )
+    on_corrupt: Literal["fail", "restart"] = Field(
+        default="fail",
+        description=(
+            "When checkpoints exist but none verifies against its manifest: fail the job "
+            "with a reason naming them, or restart training from step 0."
+        ),
+    )
 
 
 class OutputSpec(ApiModel):

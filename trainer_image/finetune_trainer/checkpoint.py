@@ -5,7 +5,8 @@ A checkpoint is a folder under the job's checkpoint URI, laid out as
 `manifest.json`, listing each file's size and SHA-256, is written last. A
 folder without a manifest is not a checkpoint: an upload killed half-way is
 never used. Restores verify every file and fall
-back to the previous checkpoint when one is damaged. Old checkpoints are
+back to the previous checkpoint when one is damaged; when none verifies the job
+fails (spec.checkpoints.onCorrupt: restart starts it from step 0 instead). Old checkpoints are
 deleted (manifest first) only after a newer one is committed.
 
 Uploads run in a background thread, so training waits only for the local
@@ -64,8 +65,10 @@ class CheckpointStore:
         keep: int = 3,
         keep_best: bool = False,
         best_metric: str = "loss",
+        on_corrupt: str = "fail",
     ) -> None:
         self.uri = uri.rstrip("/")
+        self.on_corrupt = on_corrupt
         self.store: Store = open_store(self.uri, s3)
         self.keep = keep
         self.keep_best = keep_best
@@ -113,6 +116,8 @@ class CheckpointStore:
             path = target / name
             try:
                 self.store.download_file(f"{ckpt.folder}/{name}", path)
+            except RetryableError:
+                raise  # the storage is unreachable, not the checkpoint damaged
             except Exception as e:
                 raise DamagedCheckpoint(f"{name} cannot be read ({e})") from None
             size = path.stat().st_size
@@ -125,6 +130,7 @@ class CheckpointStore:
     def restore(self, dest: Path, step: int | None = None) -> tuple[Committed, Path] | None:
         """The newest intact checkpoint (or the one at `step`), downloaded and verified."""
         candidates = [c for c in self.committed() if step is None or c.step == step]
+        damaged: list[str] = []
         for ckpt in reversed(candidates):
             try:
                 return ckpt, self.download(ckpt, dest)
@@ -132,7 +138,25 @@ class CheckpointStore:
                 older = [c.step for c in candidates if c.step < ckpt.step]
                 fallback = f"falling back to {step_dir(older[-1])}" if older else "no older one"
                 log.warning("checkpoint %s is damaged: %s; %s", ckpt.folder, e, fallback)
+                damaged.append(f"{ckpt.folder} ({e})")
+        if damaged and step is None:
+            self._all_damaged(damaged)
         return None
+
+    def _all_damaged(self, damaged: list[str]) -> None:
+        """No committed checkpoint verifies: never start from step 0 unless asked to."""
+        if self.on_corrupt == "restart":
+            log.warning(
+                "every checkpoint under %s is damaged; spec.checkpoints.onCorrupt is restart: "
+                "training starts again from step 0",
+                self.uri,
+            )
+            return
+        raise PermanentError(
+            f"spec.checkpoints: every committed checkpoint under {self.uri} is damaged "
+            f"({'; '.join(damaged)[:600]}); delete them to start over, or set "
+            "spec.checkpoints.onCorrupt: restart to train from step 0"
+        )
 
     # --- writing -----------------------------------------------------------------
 

@@ -207,6 +207,7 @@ class Run:
             keep=self.spec.checkpoints.save_total_limit,
             keep_best=self.spec.checkpoints.keep_best,
             best_metric=t.metric_for_best_model,
+            on_corrupt=self.spec.checkpoints.on_corrupt,
         )
 
     # --- set-up ------------------------------------------------------------------
