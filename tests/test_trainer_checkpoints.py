@@ -110,4 +110,5 @@ def test_on_corrupt_restart_starts_from_step_zero(tmp_path: Path) -> None:
     # With one intact checkpoint left, it is the one restored.
     store.commit(snapshot(tmp_path, 20), 20, {})
     found = store.restore(tmp_path / "restore")
-    assert found is not None and found[0].step == 20
+    assert found is not None
+    assert found[0].step == 20
