@@ -224,3 +224,52 @@ def test_killed_rank_resumes_exactly_and_skips_a_damaged_checkpoint(
     final = load_weights(download_output(s3, "killed", tmp_path / "resumed"))
     for name, value in expected.items():
         torch.testing.assert_close(final[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_sigterm_stops_after_a_step_with_a_checkpoint_and_the_job_resumes_there(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """What a suspended or preempted pod gets: SIGTERM to its first process. Both ranks
+    stop after the same step, commit it, and a new attempt resumes from that step, not
+    from the last periodic checkpoint (there is none here)."""
+    import os
+    import signal
+
+    from controlplane import wait_for
+
+    from trainer_support import MRPC, start_nodes, wait_nodes
+
+    steps = 600
+    spec = {
+        "model": {"uri": f"file://{tiny_model}", "numLabels": 2},
+        "dataset": {
+            "uri": f"file://{MRPC}/train.tsv",
+            "format": "tsv",
+            "textColumns": ["#1 String", "#2 String"],
+            "labelColumn": "Quality",
+        },
+        "training": {"maxSteps": steps, "evalStrategy": "no", "loggingSteps": 10},
+        "checkpoints": {"uri": f"file://{tmp_path}/ckpt", "saveSteps": 100_000},
+        "resources": {"nodes": 2, "gpusPerNode": 1},
+    }
+    nodes = start_nodes(spec, tmp_path / "attempt-1")
+    wait_for(lambda: f"step 20/{steps}" in nodes[0].output(), 180, "training to reach step 20")
+    os.kill(nodes[1].proc.pid, signal.SIGTERM)
+    codes = wait_nodes(nodes, 120)
+    assert codes == [75, 75], [n.output()[-3000:] for n in nodes]
+    reason = (tmp_path / "attempt-1" / "node-1" / "termination-log").read_text()
+    found = re.match(
+        r"75 Stopped: SIGTERM, after step (\d+); checkpoint step-(\d+) committed", reason
+    )
+    assert found, reason
+    step = int(found.group(1))
+    assert 20 <= step < steps
+    assert int(found.group(2)) == step
+    committed = [
+        p.name for p in (tmp_path / "ckpt").glob("step-*") if (p / "manifest.json").exists()
+    ]
+    assert committed == [f"step-{step:09d}"]
+
+    log = run_nodes(spec, tmp_path / "attempt-2")[0].output()
+    assert f"resuming from file://{tmp_path}/ckpt/step-{step:09d} at step {step}" in log, log
+    assert f"done: {steps} steps" in log

@@ -77,6 +77,11 @@ class TrainerEnv:
         None,
         "Where a failure's one-line reason goes (the pod's terminationMessagePath).",
     )
+    grace_seconds: int | None = gang(
+        "FT_GRACE_SECONDS",
+        None,
+        "Seconds from SIGTERM to SIGKILL (the pod's terminationGracePeriodSeconds).",
+    )
     device: str = gang("FT_DEVICE", "auto", "cuda, cpu, or auto (cuda when a GPU is visible).")
     cpu_threads: int | None = gang(
         "FT_CPU_THREADS",

@@ -42,6 +42,8 @@ class IntOrString:
 QUANTITY = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[KMGTPE]i|[mkMGTPE])?$"
 _QUANTITY_NUMBER = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)"
 QUANTITY_EXAMPLES = "16, 1500m or 200Gi"
+# Long enough to commit a checkpoint of a model of a few billion parameters on SIGTERM.
+DEFAULT_GRACE_SECONDS = 120
 # Room for a 7B model's download and one fp32 checkpoint with its optimizer state (~100 GB).
 DEFAULT_SCRATCH = "200Gi"
 
@@ -499,6 +501,15 @@ class PodSpec(ApiModel):
     )
     service_account_name: str | None = Field(
         default=None, max_length=NAME_MAX, description="ServiceAccount the pods run as."
+    )
+    termination_grace_period_seconds: int = Field(
+        default=DEFAULT_GRACE_SECONDS,
+        ge=1,
+        le=86400,
+        description=(
+            "Seconds a stopping pod (suspend, preemption, deletion, drain) has before it is "
+            "killed; the trainer commits a checkpoint in them when the last one took less."
+        ),
     )
 
 

@@ -137,6 +137,7 @@ def _env(job: Job, index: int, attempt: int, defaults: Defaults) -> list[dict[st
         metrics_port=defaults.metrics_port,
         work_dir=Path(c.SCRATCH_PATH),
         termination_log=Path(c.TERMINATION_LOG_PATH),
+        grace_seconds=spec.pod.termination_grace_period_seconds,
         hf_home=Path(c.SCRATCH_PATH) / "huggingface",
         hf_endpoint=spec.hub.endpoint if spec.hub is not None else None,
     )
@@ -228,6 +229,8 @@ def pod(
         "hostname": name,
         "subdomain": job.name,
         "restartPolicy": "Never",
+        # On SIGTERM the trainer commits a checkpoint within this time (docs/trainer.md).
+        "terminationGracePeriodSeconds": spec.pod.termination_grace_period_seconds,
         "enableServiceLinks": False,
         # Trainers never talk to the Kubernetes API.
         "automountServiceAccountToken": False,

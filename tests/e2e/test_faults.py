@@ -2,11 +2,13 @@
 the operator starts the gang again as a new attempt, which resumes from the newest
 committed checkpoint, and the job still ends with exactly its planned steps. A restarted
 operator is not a fault of the job: its gang trains on. Over its memory limit, a trainer
-is killed by the kernel, and the job says so."""
+is killed by the kernel, and the job says so. A suspended job's pods commit the step they
+reached, and the resumed job continues from it."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,7 @@ from conftest import Cluster
 from e2e.support import attempt_running, ended, operator_pod, resumed_at
 from finetune_api import names as c
 from operator_support import PodWatch
+from trainer_support import iter_s3_keys
 
 
 def training_process(namespace: str, job: str, node: int) -> int | None:
@@ -124,3 +127,52 @@ def test_a_trainer_over_its_memory_limit_is_oom_killed_and_the_job_says_so(
         if s.state.terminated
     }
     assert "OOMKilled" in reasons, reasons
+
+
+def committed_steps(s3: Any, prefix: str) -> list[int]:
+    keys = iter_s3_keys(s3.client(), "ckpt", f"{prefix}/")
+    found = (re.match(rf"{prefix}/step-(\d+)/manifest\.json$", k) for k in keys)
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+@pytest.mark.timeout(1800)
+def test_suspend_at_step_n_then_resume_continues_from_step_n(
+    cluster: Cluster,
+    namespace: str,
+    mrpc_job: Callable[..., dict[str, Any]],
+    s3: Any,
+) -> None:
+    job = mrpc_job("pausing", numTrainEpochs=2)
+    job["spec"]["checkpoints"]["saveSteps"] = 100_000  # no periodic checkpoint: only the stop's
+    cluster.create_job(namespace, job)
+
+    def training() -> bool:
+        progress = (cluster.get_job(namespace, "pausing").get("status") or {}).get("progress")
+        return bool(progress and progress.get("step", 0) >= 10)
+
+    wait_for(training, 900, "the job to train 10 steps")
+    cluster.custom.patch_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, "pausing", {"spec": {"suspend": True}}
+    )
+
+    def suspended() -> bool:
+        status = cluster.get_job(namespace, "pausing").get("status") or {}
+        pods = cluster.core.list_namespaced_pod(namespace, label_selector=f"{c.LABEL_JOB}=pausing")
+        return status.get("phase") == "Suspended" and not pods.items
+
+    wait_for(suspended, 180, "the job to be suspended and its pods gone")
+    # The pods' SIGTERM committed the step they had reached, and nothing later.
+    steps = committed_steps(s3, "pausing")
+    assert len(steps) == 1, steps
+    stopped_at = steps[0]
+    assert stopped_at >= 10
+
+    cluster.custom.patch_namespaced_custom_object(
+        c.GROUP, c.VERSION, namespace, c.PLURAL, "pausing", {"spec": {"suspend": False}}
+    )
+    final = wait_for(lambda: ended(cluster, namespace, "pausing"), 900, "the job to end")
+    assert final["phase"] == "Succeeded", final
+    assert resumed_at(cluster, namespace, "pausing") == stopped_at
+    total = final["progress"]["totalSteps"]
+    log = cluster.core.read_namespaced_pod_log(c.node_name("pausing", 0), namespace)
+    assert f"done: {total} steps" in log

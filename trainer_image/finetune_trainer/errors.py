@@ -35,6 +35,7 @@ class DiskFullError(RetryableError):
     """The work dir's filesystem is full: a new attempt (perhaps on another node) may do."""
 
     exit_code = ExitCode.DISK_FULL
+    plain = True
 
 
 # Below this much free space a failed write is taken for a full disk: torch's own
@@ -79,7 +80,8 @@ def termination_log(env: Mapping[str, str] | None = None) -> Path | None:
 def record_failure(error: BaseException) -> int:
     """Write the one-line reason where Kubernetes (and the launcher) finds it."""
     code = int(getattr(error, "exit_code", ExitCode.RETRYABLE))
-    plain = isinstance(error, (PermanentError, DiskFullError))
+    # Errors that say it all themselves; others get their type as a prefix.
+    plain = isinstance(error, PermanentError) or getattr(error, "plain", False)
     text = str(error) if plain else f"{type(error).__name__}: {error}"
     previous = recorded_failure()
     if previous and previous[0] == ExitCode.PERMANENT and code != ExitCode.PERMANENT:

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from finetune_api.env import TrainerEnv, variables
 from finetune_api.exits import ExitCode
 
+from . import stopping
 from .config import TrainerConfig, from_env
 from .errors import PermanentError, RetryableError, record_failure, recorded_failure
 
@@ -142,10 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.write_text("")
     os.environ[TrainerEnv.variable("termination_log")] = str(log_path)
+    stopping.clear(cfg.work_dir)
     child = subprocess.Popen(command, env=env)
 
     def forward(signum: int, _frame: object) -> None:
-        child.send_signal(signum)
+        # SIGTERM goes to the training processes themselves: they stop after their
+        # step with a checkpoint (stopping.py); before they exist, to accelerate.
+        if signum != signal.SIGTERM or not stopping.signal_workers(cfg.work_dir, signum):
+            child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)

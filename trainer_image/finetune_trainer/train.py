@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ from .model import load
 from .precision import cpu_has_bf16, describe, mixed_precision
 from .schedule import Schedule
 from .state import TrainerState, load_trainer_state, restore, rng_state, save
+from .stopping import GracefulStop, StopRequest, register
 from .storage import open_store
 
 log = logging.getLogger("finetune")
@@ -172,6 +174,19 @@ class Prefetcher:
         self._stop.set()
 
 
+@dataclass
+class Session:
+    """What a run prepared once and every step, save and stop uses."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    index: DataIndex
+    uploader: BackgroundUploader
+    evaluator: Evaluator
+    last_save: float = field(default_factory=time.monotonic)
+
+
 class Run:
     def __init__(self, cfg: TrainerConfig) -> None:
         from accelerate import Accelerator
@@ -201,6 +216,11 @@ class Run:
         self.metrics.attempt.set(cfg.attempt)
         self._last_eval_step = -1
         self._samples_window = 0
+        # SIGTERM: stop after the current step with a checkpoint (stopping.py).
+        self.stop = StopRequest(cfg.grace_seconds).install()
+        register(cfg.work_dir)
+        self._save_seconds = 0.0
+        self._checkpoint_seconds: float | None = None
         self.ckpt = CheckpointStore(
             cfg.checkpoint_uri,
             self.spec.s3,
@@ -354,6 +374,7 @@ class Run:
         uploader = BackgroundUploader(
             self.ckpt, on_done=self._committed, on_bytes=self.metrics.checkpoint_bytes.inc
         )
+        sess = Session(model, optimizer, scheduler, index, uploader, evaluator)
         position = (
             state.positions[self.rank]
             if len(state.positions) == self.world
@@ -369,10 +390,10 @@ class Run:
                 describe(self.precision),
                 self._per_rank() * self.world,
             )
-        last_save = time.monotonic()
         started, start_step = time.monotonic(), state.global_step
         dummy = self._encode([Example(("",) * len(self.spec.dataset.text_columns), 0)], tokenizer)
         per_epoch = self._steps_per_epoch(index)
+        self.stop.arm()
         while state.global_step < state.total_steps:
             plan = self._epoch_plan(index, position.epoch)
             first_step = position.epoch * per_epoch
@@ -390,35 +411,21 @@ class Run:
                 if state.global_step >= state.total_steps:
                     break
                 micro, _, position = feed.get()
-                step_loss, tokens = self._train_step(
-                    model, optimizer, scheduler, micro, alloc, dummy
-                )
-                n_global = sum(alloc)
+                step_loss, tokens, stopping = self._train_step(sess, micro, alloc, dummy)
                 state.global_step += 1
                 state.epoch = position.epoch + (state.global_step - first_step) / len(plan)
                 self._record(
-                    state,
-                    step_loss,
-                    n_global,
-                    tokens,
-                    scheduler,
-                    started,
-                    start_step,
-                    feed.waited,
+                    state, step_loss, sum(alloc), tokens, scheduler, started, start_step, feed
                 )
-                feed.waited = 0.0
                 epoch_ended = state.global_step - first_step == len(plan)
-                if self.schedule.evaluate(state.global_step, epoch_ended):
-                    self._evaluate(evaluator, state)
-                if self._save_due(state.global_step, last_save):
-                    self._checkpoint(model, optimizer, scheduler, state, position, index, uploader)
-                    last_save = time.monotonic()
+                self._after_step(sess, state, position, epoch_ended, stopping)
             feed.close()
             if state.global_step - first_step >= len(plan):
                 position = Position(epoch=position.epoch + 1)
+        self.stop.arm(False)
         if self.schedule.evaluate_at_end(self._last_eval_step):
             self._evaluate(evaluator, state)
-        self._checkpoint(model, optimizer, scheduler, state, position, index, uploader)
+        self._checkpoint(sess, state, position)
         self._check_in_sync(model)
         uploader.wait()
         self._write_output(model, tokenizer)
@@ -436,17 +443,16 @@ class Run:
 
     def _train_step(
         self,
-        model: Any,
-        optimizer: Any,
-        scheduler: Any,
+        sess: Session,
         micro: list[dict[str, torch.Tensor]],
         alloc: list[int],
         dummy: dict[str, torch.Tensor],
-    ) -> tuple[float, int]:
+    ) -> tuple[float, int, bool]:
         """One optimizer step over this rank's micro-batches (`alloc`: every rank's
-        example count); the global mean loss and the real tokens of the step. A rank
-        with fewer micro-batches joins the extra rounds with a zero-weight dummy."""
-        t = self.spec.training
+        example count); the global mean loss, the real tokens of the step, and whether
+        any rank was asked to stop. A rank with fewer micro-batches joins the extra
+        rounds with a zero-weight dummy."""
+        t, model, optimizer = self.spec.training, sess.model, sess.optimizer
         n_global = sum(alloc)
         rounds = max(math.ceil(a / self.cfg.micro_batch) for a in alloc)
         loss_sum = torch.zeros((), device=self.acc.device)
@@ -470,10 +476,45 @@ class Run:
         if t.max_grad_norm > 0:
             self.acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
         optimizer.step()
-        scheduler.step()
+        sess.scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        sums = self.acc.reduce(torch.stack([loss_sum.float(), tokens.float()]), "sum")
-        return float(sums[0].item()) / n_global, int(sums[1].item())
+        # The reduction every step makes anyway carries the stop request too.
+        stop = torch.tensor(float(self.stop.requested), device=self.acc.device)
+        sums = self.acc.reduce(torch.stack([loss_sum.float(), tokens.float(), stop]), "sum")
+        return float(sums[0].item()) / n_global, int(sums[1].item()), bool(sums[2].item() > 0)
+
+    def _after_step(
+        self, sess: Session, state: TrainerState, position: Position, epoch_ended: bool, stop: bool
+    ) -> None:
+        """What the schedule asks for after a step, then a graceful stop if requested."""
+        step = state.global_step
+        if self.schedule.evaluate(step, epoch_ended):
+            self._evaluate(sess.evaluator, state)
+        saved = self._save_due(step, sess.last_save)
+        if saved:
+            self._checkpoint(sess, state, position)
+            sess.last_save = time.monotonic()
+        if stop and step < state.total_steps:
+            self._stop(sess, state, position, saved)
+
+    def _stop(self, sess: Session, state: TrainerState, position: Position, saved: bool) -> None:
+        """SIGTERM reached a rank: every rank commits this step's checkpoint when rank 0
+        expects it to fit in the grace period, then all leave with the retryable code."""
+        fits = bool(_broadcast(self.stop.checkpoint_fits(self._checkpoint_seconds)))
+        if fits and not saved:
+            self._checkpoint(sess, state, position)
+        if self.is_main:
+            sess.uploader.wait()
+        self.acc.wait_for_everyone()
+        step = state.global_step
+        if fits:
+            done = f"checkpoint {step_dir(step)} committed; a new attempt resumes at step {step}"
+        else:
+            done = (
+                f"no checkpoint (the last took {self._checkpoint_seconds:.0f}s, "
+                f"spec.pod.terminationGracePeriodSeconds leaves too little)"
+            )
+        raise GracefulStop(f"Stopped: SIGTERM, after step {step}; {done}")
 
     # --- logging, evaluation, checkpoints -----------------------------------------
 
@@ -486,9 +527,10 @@ class Run:
         scheduler: Any,
         started: float,
         start_step: int,
-        waited: float,
+        feed: Prefetcher,
     ) -> None:
         m = self.metrics
+        waited, feed.waited = feed.waited, 0.0
         lr = float(scheduler.get_last_lr()[0])
         elapsed = max(1e-9, time.monotonic() - started)
         done = state.global_step - start_step
@@ -542,16 +584,7 @@ class Run:
         # Clocks differ between nodes: for saveMinutes rank 0 decides for everyone.
         return bool(_broadcast(due)) if self.schedule.clock_based else due
 
-    def _checkpoint(
-        self,
-        model: Any,
-        optimizer: Any,
-        scheduler: Any,
-        state: TrainerState,
-        position: Position,
-        index: DataIndex,
-        uploader: BackgroundUploader,
-    ) -> None:
+    def _checkpoint(self, sess: Session, state: TrainerState, position: Position) -> None:
         gathered = _gather((position, rng_state()))
         state.positions = [p for p, _ in gathered]
         state.world_size = self.world
@@ -560,21 +593,22 @@ class Run:
             local = self.cfg.work_dir / "snapshots" / step_dir(state.global_step)
             if local.exists():
                 shutil.rmtree(local)
-            uploader.wait()
+            sess.uploader.wait()
             save(
                 local,
-                self.acc.unwrap_model(model),
-                optimizer.optimizer,
-                scheduler,
+                self.acc.unwrap_model(sess.model),
+                sess.optimizer.optimizer,
+                sess.scheduler,
                 state,
                 [r for _, r in gathered],
-                index,
+                sess.index,
             )
-            self.metrics.checkpoint_save_seconds.observe(time.monotonic() - began)
-            metrics = dict(state.eval_metrics)
-            uploader.submit(local, state.global_step, metrics)
+            self._save_seconds = time.monotonic() - began
+            self.metrics.checkpoint_save_seconds.observe(self._save_seconds)
+            sess.uploader.submit(local, state.global_step, dict(state.eval_metrics))
 
     def _committed(self, committed: Committed, seconds: float) -> None:
+        self._checkpoint_seconds = self._save_seconds + seconds  # what a stop must allow for
         self.metrics.checkpoint_upload_seconds.observe(seconds)
         self.metrics.last_checkpoint_step.set(committed.step)
         log.info(

@@ -10,6 +10,7 @@ from finetune_api.env import TrainerEnv
 
 from .config import from_env
 from .errors import PermanentError, disk_full, record_failure
+from .stopping import GracefulStop
 from .train import Run, configure_logging
 
 log = logging.getLogger("finetune")
@@ -20,6 +21,9 @@ def main() -> int:
     configure_logging(rank)
     try:
         Run(from_env()).run()
+    except GracefulStop as e:
+        log.info("%s", e)
+        return record_failure(e)
     except PermanentError as e:
         # One clear line, no traceback: the input is wrong, not the code.
         log.error("%s", e)
