@@ -202,6 +202,13 @@ class Run:
         if not use_cuda:
             # Each process gets its share of the pod's CPUs, not all of them.
             torch.set_num_threads(cfg.cpu_threads)
+        elif cfg.procs_per_node != torch.cuda.device_count():
+            log.warning(
+                "%d training processes on %d visible GPUs: one process drives one GPU; "
+                "leave spec.resources.processesPerNode unset on GPU nodes",
+                cfg.procs_per_node,
+                torch.cuda.device_count(),
+            )
         gpu_bf16 = use_cuda and torch.cuda.is_bf16_supported()
         self.precision = mixed_precision(t.precision, use_cuda, gpu_bf16, cpu_has_bf16())
         self.acc = Accelerator(cpu=not use_cuda, mixed_precision=self.precision)
@@ -500,7 +507,9 @@ class Run:
     def _stop(self, sess: Session, state: TrainerState, position: Position, saved: bool) -> None:
         """SIGTERM reached a rank: every rank commits this step's checkpoint when rank 0
         expects it to fit in the grace period, then all leave with the retryable code."""
-        fits = bool(_broadcast(self.stop.checkpoint_fits(self._checkpoint_seconds)))
+        fits, took = _broadcast(
+            (self.stop.checkpoint_fits(self._checkpoint_seconds), self._checkpoint_seconds or 0.0)
+        )
         if fits and not saved:
             self._checkpoint(sess, state, position)
         if self.is_main:
@@ -511,7 +520,7 @@ class Run:
             done = f"checkpoint {step_dir(step)} committed; a new attempt resumes at step {step}"
         else:
             done = (
-                f"no checkpoint (the last took {self._checkpoint_seconds:.0f}s, "
+                f"no checkpoint (the last took {took:.0f}s, "
                 f"spec.pod.terminationGracePeriodSeconds leaves too little)"
             )
         raise GracefulStop(f"Stopped: SIGTERM, after step {step}; {done}")
