@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field
+from pydantic_core import PydanticCustomError
 
 from .base import ApiModel, Rule, cel, immutable
 from .env import AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, HF_TOKEN
@@ -27,6 +28,7 @@ from .names import (
     ConditionType,
     Phase,
 )
+from .validation import RULE_ERROR
 
 URI_MAX = 2048
 NAME_MAX = 253
@@ -48,12 +50,16 @@ DEFAULT_GRACE_SECONDS = 120
 DEFAULT_SCRATCH = "200Gi"
 
 
+QUANTITY_MESSAGE = f"must be a positive quantity such as {QUANTITY_EXAMPLES}"
+
+
 def _positive_quantity(value: int | str) -> int | str:
-    """The same check as quantity_rule's, for files that never reach an apiserver."""
+    """The same check as quantity_rule's, with its message, for files that never reach an
+    apiserver (cel-python has no quantity functions)."""
     text = str(value)
     number = re.match(_QUANTITY_NUMBER, text)
     if not re.match(QUANTITY, text) or number is None or float(number.group()) <= 0:
-        raise ValueError(f"must be a positive quantity such as {QUANTITY_EXAMPLES}, got {value!r}")
+        raise PydanticCustomError(RULE_ERROR, QUANTITY_MESSAGE)
     return value
 
 
@@ -65,7 +71,7 @@ def quantity_rule(path: str) -> Rule:
     return Rule(
         "type(self) == int ? self > 0 : "
         "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
-        f"{path} must be a positive quantity such as {QUANTITY_EXAMPLES}",
+        f"{path} {QUANTITY_MESSAGE}",
     )
 
 

@@ -7,8 +7,8 @@ signal to the training processes, which registered themselves in the work dir
 (`register`), rather than to accelerate's launcher, which would end them after
 its own 30 seconds. Ranks agree on stopping through the reduction every step
 already makes (train.Run._train_step), so all of them stop after the same step.
-The pod is killed `FT_GRACE_SECONDS` after the signal: the checkpoint is taken
-only when the last one took clearly less than what is left.
+The pod is killed its grace period (TrainerEnv.grace_seconds) after the signal:
+the checkpoint is taken only when the last one took clearly less than what is left.
 """
 
 from __future__ import annotations
