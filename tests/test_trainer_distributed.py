@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 import torch
 
-from trainer_support import download_output, load_weights, mrpc_spec, run_nodes
+from trainer_support import (
+    committed_steps,
+    download_output,
+    load_weights,
+    mrpc_spec,
+    run_nodes,
+)
 
 
 def with_s3(spec: dict[str, Any], s3: Any) -> dict[str, Any]:
@@ -165,16 +171,6 @@ def test_two_ranks_cross_epochs_with_uneven_shards(tiny_model: Path, tmp_path: P
     assert steps == 2 * 19
     reference = reference_training(tiny_model, spec, world=2, steps=steps)
     assert_same_weights(load_weights(tmp_path / "out"), reference, load_weights(tiny_model))
-
-
-def committed_steps(client: Any, prefix: str) -> list[int]:
-    from trainer_support import iter_s3_keys
-
-    return sorted(
-        int(k.split("/")[1][len("step-") :])
-        for k in iter_s3_keys(client, "ckpt", f"{prefix}/")
-        if k.endswith("/manifest.json")
-    )
 
 
 def test_killed_rank_resumes_exactly_and_skips_a_damaged_checkpoint(

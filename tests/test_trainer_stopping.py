@@ -22,8 +22,17 @@ def test_a_checkpoint_is_taken_only_when_it_fits_in_what_is_left() -> None:
     assert StopRequest(grace_seconds=None).checkpoint_fits(10_000)  # nothing bounds it
 
 
+def started(code: str) -> subprocess.Popen[str]:
+    """A stand-in for a training process: just the signal path of stopping.py (a real
+    run's stop is tested in tests/test_trainer_distributed.py), ready once it says so."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
 def test_sigterm_reaches_the_registered_training_processes(tmp_path: Path) -> None:
-    # A stand-in training process that registers itself and reports SIGTERM.
+    # It registers itself, then polls (with a deadline) for the stop request.
     code = (
         "import signal, sys, time\n"
         "from pathlib import Path\n"
@@ -35,9 +44,7 @@ def test_sigterm_reaches_the_registered_training_processes(tmp_path: Path) -> No
         "while not stop.requested and time.monotonic() < deadline: time.sleep(0.05)\n"
         "print('stopping' if stop.requested else 'timeout', flush=True)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
+    proc = started(code)
     assert stopping.registered(tmp_path) == [proc.pid]
     assert stopping.signal_workers(tmp_path, signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
@@ -49,15 +56,14 @@ def test_sigterm_reaches_the_registered_training_processes(tmp_path: Path) -> No
 
 
 def test_before_the_first_step_sigterm_ends_the_process_at_once(tmp_path: Path) -> None:
+    # Installed but not armed: SIGTERM must end it while it waits for any signal.
     code = (
-        "import time\n"
+        "import signal\n"
         "from finetune_trainer.stopping import StopRequest\n"
         "StopRequest(120).install()\n"
         "print('ready', flush=True)\n"
-        "time.sleep(60)\n"
+        "signal.pause()\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
+    proc = started(code)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == -signal.SIGTERM

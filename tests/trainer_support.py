@@ -196,6 +196,15 @@ def iter_s3_keys(client: Any, bucket: str, prefix: str) -> Iterator[str]:
             yield obj["Key"]
 
 
+def committed_steps(client: Any, prefix: str) -> list[int]:
+    """Steps of the committed checkpoints (those with a manifest) under s3://ckpt/PREFIX."""
+    return sorted(
+        int(k.split("/")[1][len("step-") :])
+        for k in iter_s3_keys(client, "ckpt", f"{prefix}/")
+        if k.endswith("/manifest.json")
+    )
+
+
 def waimai_jsonl(dest: Path, rows: int) -> Path:
     """The first `rows` non-empty food-delivery reviews as a jsonl file."""
     import csv

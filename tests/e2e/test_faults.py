@@ -8,7 +8,6 @@ reached, and the resumed job continues from it."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from conftest import Cluster
 from e2e.support import attempt_running, ended, operator_pod, resumed_at
 from finetune_api import names as c
 from operator_support import PodWatch
-from trainer_support import iter_s3_keys
+from trainer_support import committed_steps
 
 
 def training_process(namespace: str, job: str, node: int) -> int | None:
@@ -129,12 +128,6 @@ def test_a_trainer_over_its_memory_limit_is_oom_killed_and_the_job_says_so(
     assert "OOMKilled" in reasons, reasons
 
 
-def committed_steps(s3: Any, prefix: str) -> list[int]:
-    keys = iter_s3_keys(s3.client(), "ckpt", f"{prefix}/")
-    found = (re.match(rf"{prefix}/step-(\d+)/manifest\.json$", k) for k in keys)
-    return sorted(int(m.group(1)) for m in found if m)
-
-
 @pytest.mark.timeout(1800)
 def test_suspend_at_step_n_then_resume_continues_from_step_n(
     cluster: Cluster,
@@ -162,7 +155,7 @@ def test_suspend_at_step_n_then_resume_continues_from_step_n(
 
     wait_for(suspended, 180, "the job to be suspended and its pods gone")
     # The pods' SIGTERM committed the step they had reached, and nothing later.
-    steps = committed_steps(s3, "pausing")
+    steps = committed_steps(s3.client(), "pausing")
     assert len(steps) == 1, steps
     stopped_at = steps[0]
     assert stopped_at >= 10
