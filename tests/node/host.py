@@ -66,11 +66,13 @@ def cgroup_subsystems(unified: bool = False) -> list[str]:
 
 
 def kill_cgroup(path: Path) -> None:
-    if not path.exists():
-        return
-    for procs in path.rglob("cgroup.procs"):
+    # os.walk, not rglob: a container's cgroup vanishes as soon as its processes die,
+    # often while the walk is still below it (os.walk skips what it cannot read).
+    for folder, _, files in os.walk(path):
+        if "cgroup.procs" not in files:
+            continue
         with contextlib.suppress(OSError):
-            for pid in procs.read_text().split():
+            for pid in Path(folder, "cgroup.procs").read_text().split():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
 
