@@ -113,7 +113,7 @@ def test_credentials_only_as_secret_references() -> None:
         assert env[var] == {"secretKeyRef": {"name": "s3-credentials", "key": var}}
     # The spec handed to the pod names the Secret, and holds no key itself.
     s3 = json.loads(env["FT_JOB_SPEC"])["s3"]
-    assert set(s3) == {"region", "forcePathStyle", "credentialsSecret"}
+    assert set(s3) == {"region", "forcePathStyle", "credentialsSecret", "retrySeconds"}
     assert s3["credentialsSecret"]["name"] == "s3-credentials"
 
 

@@ -233,17 +233,12 @@ def test_sigterm_stops_after_a_step_with_a_checkpoint_and_the_job_resumes_there(
 
     from controlplane import wait_for
 
-    from trainer_support import MRPC, start_nodes, wait_nodes
+    from trainer_support import mrpc_train_only, start_nodes, wait_nodes
 
     steps = 600
     spec = {
         "model": {"uri": f"file://{tiny_model}", "numLabels": 2},
-        "dataset": {
-            "uri": f"file://{MRPC}/train.tsv",
-            "format": "tsv",
-            "textColumns": ["#1 String", "#2 String"],
-            "labelColumn": "Quality",
-        },
+        "dataset": mrpc_train_only(),
         "training": {"maxSteps": steps, "evalStrategy": "no", "loggingSteps": 10},
         "checkpoints": {"uri": f"file://{tmp_path}/ckpt", "saveSteps": 100_000},
         "resources": {"nodes": 2, "gpusPerNode": 1},

@@ -225,6 +225,16 @@ def waimai_jsonl(dest: Path, rows: int) -> Path:
     return dest
 
 
+def mrpc_train_only() -> dict[str, Any]:
+    """spec.dataset for MRPC's train.tsv alone (no evaluation split)."""
+    return {
+        "uri": f"file://{MRPC}/train.tsv",
+        "format": "tsv",
+        "textColumns": ["#1 String", "#2 String"],
+        "labelColumn": "Quality",
+    }
+
+
 def mrpc_dataset(max_seq_length: int = 128) -> dict[str, Any]:
     """spec.dataset for the shared MRPC folder as GLUE ships it (train.tsv, dev.tsv)."""
     return {

@@ -46,6 +46,8 @@ _QUANTITY_NUMBER = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)"
 QUANTITY_EXAMPLES = "16, 1500m or 200Gi"
 # Long enough to commit a checkpoint of a model of a few billion parameters on SIGTERM.
 DEFAULT_GRACE_SECONDS = 120
+# Outlasts a store's restart or a short partition; a longer outage costs an attempt.
+DEFAULT_S3_RETRY_SECONDS = 300
 # Room for a 7B model's download and one fp32 checkpoint with its optimizer state (~100 GB).
 DEFAULT_SCRATCH = "200Gi"
 
@@ -566,6 +568,17 @@ class S3Spec(ApiModel):
         description=(
             "Secret with the S3 credentials. Without it, the pod's own identity is used "
             "(e.g. IAM roles for service accounts)."
+        ),
+    )
+    retry_seconds: int = Field(
+        default=DEFAULT_S3_RETRY_SECONDS,
+        ge=0,
+        le=86400,
+        description=(
+            "Seconds the trainer keeps retrying an S3 operation while the store is "
+            "unreachable or overloaded (connection errors, timeouts, 5xx, throttling), "
+            "from its first failure; then the attempt ends with a retryable error and the "
+            "operator starts another after its backoff. 0: botocore's few retries only."
         ),
     )
     # Not settings: present only so that a key pasted inline is refused with a

@@ -31,6 +31,12 @@ class RetryableError(Exception):
     exit_code = ExitCode.RETRYABLE
 
 
+class StorageUnavailable(RetryableError):
+    """Storage stayed unreachable or overloaded for the whole retry budget."""
+
+    plain = True
+
+
 class DiskFullError(RetryableError):
     """The work dir's filesystem is full: a new attempt (perhaps on another node) may do."""
 

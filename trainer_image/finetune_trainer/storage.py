@@ -1,7 +1,8 @@
 """Object storage behind every URI the trainer reads or writes.
 
 `s3://BUCKET/KEY` goes through boto3 (s3transfer multipart uploads with
-concurrency, standard-mode retries, endpoint/region/path-style for
+concurrency; botocore's standard retries per request and s3retry's outage budget
+per operation; endpoint/region/path-style for
 S3-compatible stores; credentials only from the environment). `file:///PATH`
 and `pvc://CLAIM/PATH` (mounted at FT_PVC_ROOT/CLAIM) are plain directories.
 `https://HOST/FILE` (one file) and `hf://OWNER/NAME` (a Hub dataset) are read
@@ -14,16 +15,17 @@ from __future__ import annotations
 import fnmatch
 import io
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol, TypeVar, cast
 
 from finetune_api.env import TrainerEnv
 from finetune_api.types import S3Spec
 
 from .errors import PermanentError, RetryableError
+from .s3retry import S3Retry
 
 
 def pvc_root() -> Path:
@@ -33,6 +35,7 @@ def pvc_root() -> Path:
 
 
 GLOB_CHARS = "*?["
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,7 @@ class S3Store:
             region_name=settings.region or TrainerEnv.read("aws_region") or "us-east-1",
             config=config,
         )
+        self.retry = S3Retry(float(settings.retry_seconds), settings.endpoint or "AWS S3")
         self.transfer = TransferConfig(
             multipart_threshold=8 * 1024 * 1024,
             multipart_chunksize=8 * 1024 * 1024,
@@ -178,7 +182,17 @@ class S3Store:
     def _rel(self, full: str) -> str:
         return full[len(self.prefix) + 1 :] if self.prefix else full
 
+    def _uri(self, key: str) -> str:
+        full = self._key(key)
+        return f"s3://{self.bucket}/{full}" if full else f"s3://{self.bucket}"
+
+    def _call(self, what: str, key: str, fn: Callable[[], T], bucket_level: bool = False) -> T:
+        return self.retry.call(what, self._uri(key), self.bucket, fn, bucket_level)
+
     def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
+        return self._call("list", prefix, lambda: self._list(prefix))
+
+    def _list(self, prefix: str) -> list[ObjectInfo]:
         full = self._key(prefix)
         out = []
         paginator = self.client.get_paginator("list_objects_v2")
@@ -196,31 +210,63 @@ class S3Store:
         rng = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
         if end is not None and end <= start:
             return io.BytesIO(b"")
-        resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=rng)
+        resp = self._call(
+            "read",
+            key,
+            lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=rng),
+        )
         body: BinaryIO = resp["Body"]
         return body
 
     def get_bytes(self, key: str) -> bytes:
-        resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-        return bytes(resp["Body"].read())
+        def get() -> bytes:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return bytes(resp["Body"].read())
+
+        return self._call("read", key, get)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        self._call(
+            "write",
+            key,
+            lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data),
+        )
 
     def upload_file(self, path: Path, key: str) -> None:
-        self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)
+        self._call(
+            "upload",
+            key,
+            lambda: self.client.upload_file(
+                str(path), self.bucket, self._key(key), Config=self.transfer
+            ),
+        )
 
     def download_file(self, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.client.download_file(self.bucket, self._key(key), str(path), Config=self.transfer)
+        self._call(
+            "download",
+            key,
+            lambda: self.client.download_file(
+                self.bucket, self._key(key), str(path), Config=self.transfer
+            ),
+        )
 
     def delete(self, keys: list[str]) -> None:
         for i in range(0, len(keys), 1000):
             batch = [{"Key": self._key(k)} for k in keys[i : i + 1000]]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            self._call(
+                "delete under",
+                "",
+                lambda batch=batch: self.client.delete_objects(  # type: ignore[misc]
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                ),
+            )
 
     def abort_stale_uploads(self, older_than: timedelta = timedelta(0)) -> int:
         """Abort multipart uploads under this prefix left behind by a dead uploader."""
+        return self._call("clean up uploads under", "", lambda: self._abort_stale(older_than))
+
+    def _abort_stale(self, older_than: timedelta) -> int:
         cutoff = datetime.now(UTC) - older_than
         aborted = 0
         paginator = self.client.get_paginator("list_multipart_uploads")
@@ -237,33 +283,14 @@ class S3Store:
         return aborted
 
     def check(self) -> None:
-        """Fail with a clear, permanent error when the bucket cannot be used at all."""
-        from botocore.exceptions import (
-            ClientError,
-            EndpointConnectionError,
-            NoCredentialsError,
+        """Fail with a clear, permanent error when the bucket cannot be used at all,
+        after waiting out an outage within the retry budget."""
+        self._call(
+            "reach",
+            "",
+            lambda: self.client.head_bucket(Bucket=self.bucket),
+            bucket_level=True,
         )
-
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except EndpointConnectionError as e:
-            raise PermanentError(
-                f"S3 endpoint unreachable after retries ({e}); check spec.s3.endpoint"
-            ) from None
-        except NoCredentialsError:
-            raise PermanentError(
-                "no S3 credentials: set spec.s3.credentialsSecret or give the pod an identity"
-            ) from None
-        except ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchBucket"):
-                raise PermanentError(f"S3 bucket {self.bucket!r} does not exist") from None
-            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                raise PermanentError(
-                    f"S3 denied access to bucket {self.bucket!r} ({code}); check the "
-                    "credentials in spec.s3.credentialsSecret"
-                ) from None
-            raise RetryableError(f"S3 error on bucket {self.bucket!r}: {code}") from None
 
 
 class ReadOnlyStore:

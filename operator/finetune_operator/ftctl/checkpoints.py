@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from finetune_api.checkpoints import checkpoint_uri
+from finetune_api.types import S3Spec
 
 from .. import trainer_cli
 from ..client import Jobs
@@ -23,12 +24,15 @@ def checkpoints(jobs: Jobs, name: str) -> None:
     are listed: an upload cut short never counts.
     """
     spec = jobs.job(name).spec
+    # A command answers now: botocore's own few retries, not the trainer's outage budget.
+    s3 = (spec.s3 or S3Spec()).model_copy(update={"retry_seconds": 0})
     try:
-        committed = trainer_cli.committed_checkpoints(spec)
+        committed = trainer_cli.committed_checkpoints(spec.model_copy(update={"s3": s3}))
     except trainer_cli.TrainerMissing as e:
         raise click.ClickException(str(e)) from None
     except trainer_cli.TrainerError as e:
-        raise click.ClickException(f"cannot read {spec.checkpoints.uri}: {e}") from None
+        uri = spec.checkpoints.uri.rstrip("/")
+        raise click.ClickException(str(e) if uri in str(e) else f"cannot read {uri}: {e}") from None
     if not committed:
         click.echo(f"No committed checkpoints under {spec.checkpoints.uri} yet.")
         return

@@ -1,0 +1,175 @@
+"""S3 failures by class, and the time budget within which transient ones are retried.
+
+botocore retries each request a few times (standard mode, FT_S3_ATTEMPTS attempts
+with jittered exponential backoff): enough for a dropped connection, not for an
+outage. `S3Retry.call` retries a whole operation (a listing, a multipart upload, a
+download) with exponential backoff and jitter until `spec.s3.retrySeconds` have
+passed since its first failure; then the attempt ends with a RetryableError and the
+operator starts another after its own backoff. Failures no retry fixes (access
+denied, no such bucket, no credentials, a malformed bucket name) end at once with a
+PermanentError naming the URI and what to check. Anything else (a missing key, say)
+is the caller's to judge.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from .errors import PermanentError, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+TRANSIENT = "transient"
+PERMANENT = "permanent"
+
+# Error codes S3 (and botocore's own retry policy) call throttling or transient.
+BUSY_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "TooManyRequestsException",
+        "BandwidthLimitExceeded",
+        "XMinioServerNotInitialized",
+    }
+)
+DENIED_CODES = frozenset(
+    {
+        "403",
+        "AccessDenied",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "InvalidAccessKeyId",
+        "InvalidToken",
+        "ExpiredToken",
+        "SignatureDoesNotMatch",
+    }
+)
+FIRST_DELAY = 1.0
+MAX_DELAY = 30.0
+
+
+def causes(error: BaseException) -> Iterator[BaseException]:
+    """The error and what it wraps (boto3 and s3transfer re-raise inside handlers)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        wrapped = getattr(current, "last_exception", None)
+        current = current.__cause__ or current.__context__ or wrapped
+
+
+def classify(error: BaseException, bucket_level: bool = False) -> tuple[str, str] | None:
+    """(TRANSIENT or PERMANENT, the detail to report), or None when neither is certain.
+    `bucket_level`: a 404 means the bucket, not a key, is missing."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        HTTPClientError,
+        NoCredentialsError,
+        ParamValidationError,
+    )
+
+    for e in causes(error):
+        if isinstance(e, ConnectionError | HTTPClientError):
+            return TRANSIENT, str(e)
+        if isinstance(e, NoCredentialsError):
+            return PERMANENT, "no credentials"
+        if isinstance(e, ParamValidationError) and "Invalid bucket name" in str(e):
+            return PERMANENT, "invalid bucket name"
+        if isinstance(e, ClientError):
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            if code in BUSY_CODES or status >= 500 or status == 429:
+                return TRANSIENT, f"{code or status} from the server"
+            if code in DENIED_CODES:
+                return PERMANENT, f"denied ({code})"
+            if code == "NoSuchBucket" or (bucket_level and code in ("404", "NotFound")):
+                return PERMANENT, "no such bucket"
+            if code == "InvalidBucketName" or (bucket_level and code == "400"):
+                return PERMANENT, "invalid bucket name"
+            return None
+    return None
+
+
+def permanent_message(detail: str, uri: str, bucket: str) -> str:
+    if detail == "no credentials":
+        return (
+            f"no S3 credentials to read {uri}: set spec.s3.credentialsSecret or give the "
+            "pod an identity"
+        )
+    if detail == "no such bucket":
+        return f"S3 bucket {bucket!r} does not exist ({uri}); create it or correct the URI"
+    if detail == "invalid bucket name":
+        return (
+            f"{uri}: S3 refused bucket {bucket!r} as a bad request; check the name (3-63 "
+            "lower-case letters, digits, dots and hyphens) and spec.s3.region"
+        )
+    return (
+        f"S3 {detail} on {uri}: check the keys in spec.s3.credentialsSecret and the bucket's policy"
+    )
+
+
+@dataclass
+class S3Retry:
+    """Retries one store's operations within a time budget (seconds, from the first
+    failure). `clock` and `pause` are replaceable for tests of the schedule alone."""
+
+    budget: float
+    endpoint: str
+    clock: Callable[[], float] = time.monotonic
+    pause: Callable[[float], None] = time.sleep
+    jitter: Callable[[float, float], float] = field(default=random.uniform)
+
+    def call(
+        self, what: str, uri: str, bucket: str, fn: Callable[[], T], bucket_level: bool = False
+    ) -> T:
+        started: float | None = None
+        delay = FIRST_DELAY
+        tries = 0
+        while True:
+            try:
+                return fn()
+            except Exception as e:
+                found = classify(e, bucket_level)
+                if found is None:
+                    raise
+                kind, detail = found
+                if kind == PERMANENT:
+                    raise PermanentError(permanent_message(detail, uri, bucket)) from None
+                tries += 1
+                now = self.clock()
+                started = now if started is None else started
+                left = self.budget - (now - started)
+                if left <= 0:
+                    message = self.gave_up(what, uri, detail, now - started, tries)
+                    raise StorageUnavailable(message) from None
+                wait = min(self.jitter(delay / 2, delay), left)
+                log.warning(
+                    "S3 %s %s failed (%s); retry %d in %.1fs (gives up %.0fs from now)",
+                    what, uri, detail, tries, wait, left,
+                )  # fmt: skip
+                self.pause(wait)
+                delay = min(delay * 2, MAX_DELAY)
+
+    def gave_up(self, what: str, uri: str, detail: str, elapsed: float, tries: int) -> str:
+        return (
+            f"S3 unavailable: cannot {what} {uri} ({detail}); still failing after "
+            f"{elapsed:.0f}s and {tries} tries (spec.s3.retrySeconds: {self.budget:g}); "
+            f"check that the store at {self.endpoint} is up and reachable"
+        )
