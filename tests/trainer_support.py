@@ -130,11 +130,12 @@ def start_nodes(
     nodes: int = 2,
     procs: int = 1,
     extra: dict[str, str] | None = None,
+    ranks: list[int] | None = None,
 ) -> list[Node]:
-    """Start one launcher per node, as the operator's pods would."""
+    """Start one launcher per node (or only those of `ranks`), as the operator's pods would."""
     port = free_port()
     started = []
-    for rank in range(nodes):
+    for rank in range(nodes) if ranks is None else ranks:
         node_work = work / f"node-{rank}"
         node_work.mkdir(parents=True, exist_ok=True)
         env = job_env(spec, nodes, procs, port, extra)

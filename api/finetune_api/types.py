@@ -48,6 +48,10 @@ QUANTITY_EXAMPLES = "16, 1500m or 200Gi"
 DEFAULT_GRACE_SECONDS = 120
 # Outlasts a store's restart or a short partition; a longer outage costs an attempt.
 DEFAULT_S3_RETRY_SECONDS = 300
+# A step of a large model with gradient accumulation takes minutes at most.
+DEFAULT_PROGRESS_DEADLINE_SECONDS = 900
+# Long enough for every pod of a gang to pull its image and start.
+DEFAULT_RENDEZVOUS_SECONDS = 900
 # Room for a 7B model's download and one fp32 checkpoint with its optimizer state (~100 GB).
 DEFAULT_SCRATCH = "200Gi"
 
@@ -738,6 +742,27 @@ class RunPolicy(ApiModel):
         default=604800,
         ge=0,
         description="Seconds after it finishes that the job is deleted (default 7 days).",
+    )
+    progress_deadline_seconds: int = Field(
+        default=DEFAULT_PROGRESS_DEADLINE_SECONDS,
+        ge=10,
+        le=86400,
+        description=(
+            "Seconds a training process may go without finishing an optimizer step, once "
+            "it has finished one (evaluation and checkpoint saves stop the clock); then the "
+            "attempt ends, naming the rank that stopped, and the gang restarts."
+        ),
+    )
+    rendezvous_timeout_seconds: int = Field(
+        default=DEFAULT_RENDEZVOUS_SECONDS,
+        ge=10,
+        le=86400,
+        description=(
+            "Seconds the nodes of an attempt wait for each other at start (a pod that "
+            "never starts, or cannot reach node 0); then the attempt ends and the gang "
+            "restarts. A collective operation between processes is bounded by this plus "
+            "progressDeadlineSeconds."
+        ),
     )
 
 

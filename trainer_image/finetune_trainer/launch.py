@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 
 from finetune_api.env import TrainerEnv, variables
@@ -25,6 +26,7 @@ from finetune_api.exits import ExitCode
 from . import stopping
 from .config import TrainerConfig, from_env
 from .errors import PermanentError, RetryableError, record_failure, recorded_failure
+from .watchdog import Hang
 
 
 def accelerate_command(
@@ -53,6 +55,8 @@ def accelerate_command(
         "no",
         "--num_cpu_threads_per_process",
         str(cfg.cpu_threads),
+        "--rdzv_conf",
+        f"timeout={cfg.spec.run_policy.rendezvous_timeout_seconds}",
         "--max_restarts",
         "0",
         "--monitor_interval",
@@ -154,14 +158,32 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    started = time.monotonic()
     code = child.wait()
     if code == 0:
         return int(ExitCode.SUCCESS)
     failure = recorded_failure()
+    if failure is None and not stopping.registered(cfg.work_dir):
+        failure = _never_met(cfg, time.monotonic() - started)
     if failure is not None:
         print(f"finetune-trainer: {failure[1]}", file=sys.stderr)
         return failure[0]
     return int(ExitCode.RETRYABLE)
+
+
+def _never_met(cfg: TrainerConfig, waited: float) -> tuple[int, str] | None:
+    """A multi-node launch that failed after the rendezvous timeout with no training
+    process started: the nodes never met. Recorded as the attempt's reason."""
+    timeout = cfg.spec.run_policy.rendezvous_timeout_seconds
+    if cfg.num_nodes < 2 or waited < timeout * 0.9:
+        return None
+    error = Hang(
+        f"Rendezvous: node {cfg.node_rank} waited {waited:.0f}s for the {cfg.num_nodes} nodes "
+        f"of this attempt at {cfg.master_addr}:{cfg.master_port} (node 0); a pod of the gang "
+        "did not start or cannot reach node 0 (spec.runPolicy.rendezvousTimeoutSeconds: "
+        f"{timeout})"
+    )
+    return record_failure(error), str(error)
 
 
 if __name__ == "__main__":

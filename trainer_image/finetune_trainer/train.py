@@ -63,6 +63,7 @@ from .schedule import Schedule
 from .state import TrainerState, load_trainer_state, restore, rng_state, save
 from .stopping import GracefulStop, StopRequest, register
 from .storage import open_store
+from .watchdog import Watchdog, roll_call_group
 
 log = logging.getLogger("finetune")
 _DONE = object()
@@ -190,6 +191,7 @@ class Session:
 class Run:
     def __init__(self, cfg: TrainerConfig) -> None:
         from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs
         from transformers import set_seed
 
         self.cfg = cfg
@@ -211,9 +213,22 @@ class Run:
             )
         gpu_bf16 = use_cuda and torch.cuda.is_bf16_supported()
         self.precision = mixed_precision(t.precision, use_cuda, gpu_bf16, cpu_has_bf16())
-        self.acc = Accelerator(cpu=not use_cuda, mixed_precision=self.precision)
+        policy = self.spec.run_policy
+        # Bounds every collective; the watchdog speaks first during training.
+        bound = timedelta(
+            seconds=policy.rendezvous_timeout_seconds + policy.progress_deadline_seconds
+        )
+        self.acc = Accelerator(
+            cpu=not use_cuda,
+            mixed_precision=self.precision,
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=bound)],
+        )
         self.rank = self.acc.process_index
         self.world = self.acc.num_processes
+        group = roll_call_group() if self.world > 1 else None
+        self.watchdog = Watchdog(
+            policy.progress_deadline_seconds, self.rank, cfg.procs_per_node, group
+        ).start()
         self.is_main = self.acc.is_main_process
         set_seed(t.seed)
         self.metrics = TrainerMetrics(cfg.job_name, cfg.namespace)
@@ -417,19 +432,24 @@ class Run:
             for alloc in plan[skip:]:
                 if state.global_step >= state.total_steps:
                     break
+                self.watchdog.phase = "waiting for its next batch (reading, tokenizing data)"
                 micro, _, position = feed.get()
+                self.watchdog.phase = "computing the step: forward, backward, gradient all-reduce"
                 step_loss, tokens, stopping = self._train_step(sess, micro, alloc, dummy)
                 state.global_step += 1
+                self.watchdog.beat(state.global_step)
                 state.epoch = position.epoch + (state.global_step - first_step) / len(plan)
                 self._record(
                     state, step_loss, sum(alloc), tokens, scheduler, started, start_step, feed
                 )
                 epoch_ended = state.global_step - first_step == len(plan)
-                self._after_step(sess, state, position, epoch_ended, stopping)
+                with self.watchdog.paused():
+                    self._after_step(sess, state, position, epoch_ended, stopping)
             feed.close()
             if state.global_step - first_step >= len(plan):
                 position = Position(epoch=position.epoch + 1)
         self.stop.arm(False)
+        self.watchdog.close()
         if self.schedule.evaluate_at_end(self._last_eval_step):
             self._evaluate(evaluator, state)
         self._checkpoint(sess, state, position)
