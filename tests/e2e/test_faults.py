@@ -3,7 +3,8 @@ the operator starts the gang again as a new attempt, which resumes from the newe
 committed checkpoint, and the job still ends with exactly its planned steps. A restarted
 operator is not a fault of the job: its gang trains on. Over its memory limit, a trainer
 is killed by the kernel, and the job says so. A suspended job's pods commit the step they
-reached, and the resumed job continues from it."""
+reached, and the resumed job continues from it. A frozen rank is named by its peer when
+the progress deadline passes, and the restarted gang completes."""
 
 from __future__ import annotations
 
@@ -169,3 +170,36 @@ def test_suspend_at_step_n_then_resume_continues_from_step_n(
     total = final["progress"]["totalSteps"]
     log = cluster.core.read_namespaced_pod_log(c.node_name("pausing", 0), namespace)
     assert f"done: {total} steps" in log
+
+
+@pytest.mark.timeout(1800)
+def test_a_frozen_rank_ends_its_attempt_and_the_gang_restarts_and_completes(
+    cluster: Cluster, namespace: str, mrpc_job: Callable[..., dict[str, Any]]
+) -> None:
+    job = mrpc_job("frozen", numTrainEpochs=1)
+    job["spec"]["runPolicy"] = {"progressDeadlineSeconds": 20}
+    # The frozen process ignores SIGTERM: the restart's kill comes after the grace period.
+    job["spec"]["pod"]["terminationGracePeriodSeconds"] = 10
+    cluster.create_job(namespace, job)
+    attempt_running(cluster, namespace, "frozen", 1)
+    pid = wait_for(lambda: training_process(namespace, "frozen", 1), 60, "the training process")
+    os.kill(pid, signal.SIGSTOP)
+
+    def restarted() -> dict[str, Any] | None:
+        status: dict[str, Any] = cluster.get_job(namespace, "frozen").get("status") or {}
+        return status if status.get("attempt", 1) >= 2 else None
+
+    # Deadline 20 s, the roll call up to 30 s, the restart's backoff and grace period.
+    status = wait_for(restarted, 180, "the operator to start attempt 2")
+    messages = [
+        e.message
+        for e in cluster.core.list_namespaced_event(namespace).items
+        if e.involved_object.kind == c.KIND and e.reason == c.Reason.POD_FAILED
+    ]
+    hang = [m for m in messages if "Hang: no optimizer step for 20s" in m]
+    assert hang, messages
+    assert "rank 1 (node 1) did not answer" in hang[0], hang[0]
+    final = wait_for(lambda: ended(cluster, namespace, "frozen"), 900, "the job to end")
+    assert final["phase"] == "Succeeded", final
+    assert (final["attempt"], final["restartCount"]) == (2, 1), (status, final)
+    assert final["progress"]["step"] == final["progress"]["totalSteps"]
