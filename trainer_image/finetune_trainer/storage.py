@@ -210,13 +210,15 @@ class S3Store:
         rng = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
         if end is not None and end <= start:
             return io.BytesIO(b"")
-        resp = self._call(
-            "read",
-            key,
-            lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=rng),
-        )
-        body: BinaryIO = resp["Body"]
-        return body
+
+        def fetch() -> BinaryIO:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), Range=rng)
+            body: BinaryIO = resp["Body"]
+            # A bounded range is read whole here, so an outage mid-body is retried too;
+            # an open-ended one streams.
+            return body if end is None else io.BytesIO(body.read())
+
+        return self._call("read", key, fetch)
 
     def get_bytes(self, key: str) -> bytes:
         def get() -> bytes:
