@@ -9,8 +9,9 @@ its HTTP surface the trainer uses, from a local folder per repository:
   (another origin, like the Hub's CDN) that honours Range requests.
 
 Unknown repositories, revisions and paths answer 404 with the Hub's
-X-Error-Code header. Every request is recorded (path, Range, whether an
-Authorization header came along) so tests can check what was sent where.
+X-Error-Code header; `unavailable` makes the API answer 503 for a while. Every
+request is recorded (path, Range, whether an Authorization header came along) so
+tests can check what was sent where.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Hub:
     seen: list[Seen] = field(default_factory=list)
     endpoint: str = ""
     cdn: str = ""
+    # API requests still to answer 503 (an overloaded or restarting Hub); -1: all.
+    unavailable: int = 0
     _servers: list[http.server.ThreadingHTTPServer] = field(default_factory=list)
 
     def start(self) -> Hub:
@@ -102,6 +105,12 @@ class Hub:
 
             def do_GET(self) -> None:
                 hub._record("api", self)
+                if hub.unavailable:
+                    hub.unavailable -= hub.unavailable > 0
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 url = urllib.parse.urlsplit(self.path)
                 parts = [urllib.parse.unquote(p) for p in url.path.split("/")]
                 if parts[1:3] == ["api", "datasets"] and len(parts) >= 7 and parts[5] == "tree":

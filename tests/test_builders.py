@@ -128,6 +128,7 @@ def test_hub_mirror_and_token_reach_the_pod_as_references() -> None:
     assert json.loads(env["FT_JOB_SPEC"])["hub"] == {
         "endpoint": "https://hf-mirror.internal",
         "tokenSecret": {"name": "hub-token", "key": "HF_TOKEN"},
+        "retrySeconds": 300,
     }
 
 

@@ -115,3 +115,60 @@ def test_local_runs_reach_the_hub_only_when_the_job_needs_it(tmp_path: Path) -> 
     hub = env_for("hf://nyu-mll/glue", {"endpoint": "https://hf-mirror.internal"})
     assert "HF_HUB_OFFLINE" not in hub
     assert hub["HF_ENDPOINT"] == "https://hf-mirror.internal"
+
+
+def test_a_dry_run_needs_no_cluster(tmp_path: Path) -> None:
+    """As `kubectl create --dry-run=client`: no kubeconfig, and still a valid job."""
+    env = {"KUBECONFIG": str(tmp_path / "none"), "HOME": str(tmp_path)}
+    args = ["submit", "--gpus", "8", "--model", "hf://bert-base-uncased", "--num-labels", "2",
+            "--dataset", "s3://data/mrpc/", "--text-columns", "sentence1,sentence2",
+            "--checkpoint-uri", "s3://ckpt/offline", "--name", "offline", "--dry-run"]  # fmt: skip
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "# not checked by a cluster (none reachable): client-side checks only\n"
+    doc = yaml.safe_load(result.stdout)
+    assert doc["metadata"] == {"name": "offline", "namespace": "default"}
+    assert (doc["spec"]["resources"]["nodes"], doc["spec"]["resources"]["gpusPerNode"]) == (1, 8)
+    from finetune_api.types import FineTuneJob
+
+    FineTuneJob.from_wire(doc)  # what the operator will read
+    # Anything that needs the cluster still says so.
+    listed = CliRunner().invoke(cli, ["list"], env=env)
+    assert listed.exit_code == 1
+    assert listed.output.startswith("Error: no usable kubeconfig")
+
+
+def local_job(tmp_path: Path, tiny_model: Path, **spec: object) -> Path:
+    """A small job file for `ftctl run --local`: the tiny model on MRPC's train.tsv."""
+    from trainer_support import mrpc_train_only
+
+    doc = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "small"},
+        "spec": {
+            "model": {"uri": f"file://{tiny_model}", "numLabels": 2},
+            "dataset": mrpc_train_only(),
+            "training": {"maxSteps": 3, "evalStrategy": "no"},
+            "resources": {"nodes": 1, "gpusPerNode": 1},
+            "checkpoints": {"uri": f"file://{tmp_path}/ckpt"},
+            **spec,
+        },
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def ftctl_local(job: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FTCTL, "run", "-f", str(job), "--local", "--metrics-port", "0", *extra],
+        cwd=job.parent, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+
+
+def test_a_run_without_evaluation_says_so(tmp_path: Path, tiny_model: Path) -> None:
+    done = ftctl_local(local_job(tmp_path, tiny_model))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert 'ftctl: small finished (no evaluation: evalStrategy is "no")\n' in done.stdout
+    assert "n/a" not in done.stdout

@@ -424,12 +424,18 @@ def test_namespace_and_context_come_from_the_kubeconfig_like_kubectl(
         {"name": "other", "context": {**base["context"], "namespace": "default"}},
     ]
     config["current-context"] = "team"
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    monkeypatch.setenv("KUBECONFIG", str(path))
+    # Two files in KUBECONFIG, merged as kubectl merges them: "other" is only in the second.
+    first, second = tmp_path / "kubeconfig", tmp_path / "more"
+    first.write_text(yaml.safe_dump({**config, "contexts": config["contexts"][:1]}))
+    second.write_text(yaml.safe_dump({**config, "contexts": config["contexts"][1:]}))
+    monkeypatch.setenv("KUBECONFIG", f"{first}:{second}")
     runner = CliRunner()
     created = runner.invoke(cli, flags("ctx", "--gpus", "8"), catch_exceptions=False)
     assert created.output == f"finetunejob.finetune.dev/ctx created in {namespace}\n"
+    # A dry run asks the server when there is one: the name is taken.
+    again = runner.invoke(cli, [*flags("ctx", "--gpus", "8"), "--dry-run"])
+    assert again.exit_code == 1
+    assert "already exists" in again.output
     assert runner.invoke(cli, ["list", "-o", "name"]).output == "finetunejob.finetune.dev/ctx\n"
     other = runner.invoke(cli, ["--help"])  # the group itself needs no cluster
     assert other.exit_code == 0

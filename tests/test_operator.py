@@ -608,3 +608,32 @@ def test_with_a_gang_scheduler_the_operator_creates_the_podgroup(
     assert group["spec"]["minMember"] == 4
     assert group["metadata"]["ownerReferences"][0]["name"] == "gang"
     assert {p.metadata.labels[c.COSCHEDULING_LABEL] for p in pods} == {"gang"}
+
+
+def test_a_namespace_being_deleted_is_no_refusal_of_the_job(cluster: Cluster) -> None:
+    """The API forbids new pods in a terminating namespace; the job goes with the
+    namespace, so that is no PodRejected (a failed job, an event that cannot be posted)."""
+    from finetune_operator.kube import Kube, Rejected
+
+    ns = f"going-{free_port()}"
+    cluster.core.create_namespace({"metadata": {"name": ns}})
+    held = {"metadata": {"name": "held", "finalizers": ["finetune.dev/test-hold"]}}
+    cluster.core.create_namespaced_config_map(ns, held)  # keeps the namespace terminating
+    cluster.core.delete_namespace(ns)
+    try:
+        wait_for(
+            lambda: cluster.core.read_namespace(ns).status.phase == "Terminating", 20, "deletion"
+        )
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "late", "namespace": ns},
+            "spec": {"containers": [{"name": "c", "image": "none"}]},
+        }
+        with pytest.raises(client.ApiException) as refused:
+            Kube(cluster.api).create(pod)
+        assert not isinstance(refused.value, Rejected)
+        assert refused.value.status == 403
+        assert "being terminated" in (refused.value.body or "")
+    finally:
+        cluster.core.patch_namespaced_config_map("held", ns, {"metadata": {"finalizers": None}})

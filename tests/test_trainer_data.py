@@ -450,6 +450,21 @@ def online(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
 
 
+def glue_mrpc(**dataset: str) -> dict[str, Any]:
+    """A job spec reading GLUE's MRPC config from the (stand-in) Hub."""
+    return {
+        "model": {"uri": "file:///unused"},
+        "dataset": {
+            "uri": "hf://nyu-mll/glue",
+            "config": "mrpc",
+            "textColumns": ["sentence1", "sentence2"],
+            "labelColumn": "label",
+            **dataset,
+        },
+        "checkpoints": {"uri": "file:///unused"},
+    }
+
+
 def test_hf_datasets_stream_from_the_hub_by_range(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -462,19 +477,7 @@ def test_hf_datasets_stream_from_the_hub_by_range(
     try:
         online(monkeypatch, hub.endpoint)
         monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
-        spec = FineTuneJobSpec.model_validate(
-            {
-                "model": {"uri": "file:///unused"},
-                "dataset": {
-                    "uri": "hf://nyu-mll/glue",
-                    "config": "mrpc",
-                    "textColumns": ["sentence1", "sentence2"],
-                    "labelColumn": "label",
-                    "evalSplit": "validation",
-                },
-                "checkpoints": {"uri": "file:///unused"},
-            }
-        )
+        spec = FineTuneJobSpec.model_validate(glue_mrpc(evalSplit="validation"))
         rank0, rank1 = epoch_examples(spec, world=2, shard_bytes=64 * 1024, epoch=0)
         evaluation = Source(spec).read_eval_files()
     finally:
@@ -500,6 +503,35 @@ def test_hf_datasets_stream_from_the_hub_by_range(
         if s.range and "train" in s.path
     )
     assert sent < 4 * train_file.stat().st_size  # by row group, not the file per unit
+
+
+def test_an_unavailable_hub_is_retried_within_its_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetune_trainer.errors import StorageUnavailable
+    from hub_standin import Hub
+
+    _hub_glue(tmp_path / "hub")
+    # Three 503s (an overloaded Hub, or one restarting), then answers.
+    hub = Hub({"nyu-mll/glue": tmp_path / "hub" / "nyu-mll" / "glue"}, unavailable=3).start()
+    doc = glue_mrpc()
+    try:
+        online(monkeypatch, hub.endpoint)
+        assert Source(FineTuneJobSpec.model_validate(doc)).train_files
+        refused = [s for s in hub.seen if s.server == "api"][:3]
+        assert len(refused) == 3
+        # Down for longer than the job's budget: a retryable failure that says so.
+        hub.unavailable = -1
+        doc["hub"] = {"retrySeconds": 2}
+        with pytest.raises(StorageUnavailable) as gone:
+            Source(FineTuneJobSpec.model_validate(doc))
+    finally:
+        hub.stop()
+    message = str(gone.value)
+    assert message.startswith(
+        "Hub unavailable: cannot list hf://nyu-mll/glue (503 from the server); still failing"
+    ), message
+    assert f"(spec.hub.retrySeconds: 2); check that the Hub at {hub.endpoint} is up" in message
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,7 @@ def test_retries_back_off_doubling_to_a_cap_within_the_budget() -> None:
     from botocore.exceptions import EndpointConnectionError
 
     from finetune_trainer.errors import StorageUnavailable
-    from finetune_trainer.s3retry import S3Retry
+    from finetune_trainer.retries import Retry
 
     now = [0.0]
     waits: list[float] = []
@@ -93,14 +93,14 @@ def test_retries_back_off_doubling_to_a_cap_within_the_budget() -> None:
         waits.append(seconds)
         now[0] += seconds
 
-    retry = S3Retry(100, "http://store:9000", clock=lambda: now[0], pause=pause,
+    retry = Retry(100, "the store at http://store:9000", clock=lambda: now[0], pause=pause,
                     jitter=lambda low, high: high)  # fmt: skip
 
     def down() -> None:
         raise EndpointConnectionError(endpoint_url="http://store:9000/ckpt")
 
     with pytest.raises(StorageUnavailable) as failed:
-        retry.call("upload", "s3://ckpt/run/step-000000010/model.safetensors", "ckpt", down)
+        retry.call("upload", "s3://ckpt/run/step-000000010/model.safetensors", down)
     assert waits == [1, 2, 4, 8, 16, 30, 30, 9]  # the last one ends at the budget
     assert str(failed.value).startswith(
         "S3 unavailable: cannot upload s3://ckpt/run/step-000000010/model.safetensors "
@@ -109,7 +109,7 @@ def test_retries_back_off_doubling_to_a_cap_within_the_budget() -> None:
     )
     outcomes = iter([down, down, lambda: "listed"])
     waits.clear()
-    assert retry.call("list", "s3://ckpt/run", "ckpt", lambda: next(outcomes)()) == "listed"
+    assert retry.call("list", "s3://ckpt/run", lambda: next(outcomes)()) == "listed"
     assert waits == [1, 2]
 
 

@@ -46,8 +46,8 @@ _QUANTITY_NUMBER = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)"
 QUANTITY_EXAMPLES = "16, 1500m or 200Gi"
 # Long enough to commit a checkpoint of a model of a few billion parameters on SIGTERM.
 DEFAULT_GRACE_SECONDS = 120
-# Outlasts a store's restart or a short partition; a longer outage costs an attempt.
-DEFAULT_S3_RETRY_SECONDS = 300
+# Outlasts a store's (or the Hub's) restart or a short partition; longer costs an attempt.
+DEFAULT_RETRY_SECONDS = 300
 # A step of a large model with gradient accumulation takes minutes at most.
 DEFAULT_PROGRESS_DEADLINE_SECONDS = 900
 # Long enough for every pod of a gang to pull its image and start.
@@ -575,7 +575,7 @@ class S3Spec(ApiModel):
         ),
     )
     retry_seconds: int = Field(
-        default=DEFAULT_S3_RETRY_SECONDS,
+        default=DEFAULT_RETRY_SECONDS,
         ge=0,
         le=86400,
         description=(
@@ -638,6 +638,16 @@ class HubSpec(ApiModel):
                 matches(r"^https?://[^/\s]+(/\S*)?$"),
                 "spec.hub.endpoint must be a URL like https://HOST[:PORT][/PATH]",
             )
+        ),
+    )
+    retry_seconds: int = Field(
+        default=DEFAULT_RETRY_SECONDS,
+        ge=0,
+        le=86400,
+        description=(
+            "Seconds the trainer keeps retrying a Hub call while the Hub is unreachable or "
+            "failing (connection errors, timeouts, 5xx, 429), from its first failure; then "
+            "the attempt ends with a retryable error. 0: the client's own retries only."
         ),
     )
     token_secret: TokenSecret | None = Field(

@@ -106,6 +106,15 @@ class Jobs:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.api = FineTuneJobs(cluster.api)
+        self.connected = True
+
+    @classmethod
+    def offline(cls, namespace: str) -> Jobs:
+        """No cluster configured: only what needs none (a client-side dry run) works;
+        any call names the missing kubeconfig."""
+        jobs = cls(Cluster(client.ApiClient(), namespace, "(no cluster configured)"))
+        jobs.connected = False
+        return jobs
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -116,6 +125,19 @@ class Jobs:
     def create(self, body: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
         name = body["metadata"].get("name") or body["metadata"].get("generateName", "")
         return self._job_call(name, self.api.create, self.cluster.namespace, body, dry_run)
+
+    def server_checks(self, body: dict[str, Any]) -> bool:
+        """The server's own checks of a create (schema, CEL rules, a name taken), sent as
+        a dry run; False, and nothing checked, when no cluster answers."""
+        if not self.connected:
+            return False
+        try:
+            self.api.create(self.cluster.namespace, body, True)
+        except (urllib3.exceptions.HTTPError, OSError):
+            return False
+        except ApiException as e:
+            raise explain(e, self.cluster, f'FineTuneJob "{body["metadata"]["name"]}"') from None
+        return True
 
     def get(self, name: str) -> dict[str, Any]:
         return self._job_call(name, self.api.get, self.cluster.namespace, name)

@@ -94,7 +94,7 @@ class Kube:
     def create(self, manifest: dict[str, Any]) -> bool:
         """Create one object; False when it already exists. Rejected (with the API's
         message) when the API refuses it for good: invalid, or forbidden by admission
-        for any reason but a full quota, which may free up."""
+        for any reason but a full quota or a namespace being deleted."""
         body: Any = manifest  # the client sends plain dictionaries as they are
         ns = manifest["metadata"]["namespace"]
         kind = manifest["kind"]
@@ -113,7 +113,11 @@ class Kube:
             if e.status == 409:
                 return False
             message = _api_message(e)
-            if e.status in (400, 422) or (e.status == 403 and "exceeded quota" not in message):
+            # A full quota may free up, and a namespace being deleted takes the job with it.
+            passing = ("exceeded quota", "being terminated")
+            if e.status in (400, 422) or (
+                e.status == 403 and not any(p in message for p in passing)
+            ):
                 raise Rejected(message) from None
             raise
         return True

@@ -28,7 +28,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from finetune_api.types import DatasetSpec, FineTuneJobSpec
+from finetune_api.types import DatasetSpec, FineTuneJobSpec, HubSpec
 
 from .errors import PermanentError
 from .storage import HubStore, ObjectInfo, Store, chunk_lines, resolve_files
@@ -139,9 +139,9 @@ def _stem(key: str) -> str:
     return key.rsplit("/", 1)[-1].split(".", 1)[0]
 
 
-def hub_files(spec: DatasetSpec) -> tuple[HubStore, list[ObjectInfo]]:
+def hub_files(spec: DatasetSpec, hub: HubSpec | None) -> tuple[HubStore, list[ObjectInfo]]:
     """The data files of an hf:// dataset: those of its `config` folder, if set."""
-    store = HubStore(spec.uri[len("hf://") :], spec.revision)
+    store = HubStore(spec.uri[len("hf://") :], spec.revision, hub)
     files = store.list_objects(spec.config or "")
     data = [f for f in files if "." + f.key.rsplit(".", 1)[-1] in FORMATS and f.size > 0]
     if not data and spec.config:
@@ -203,7 +203,7 @@ class Source:
         uri = self.spec.uri
         self.store: Store
         if uri.startswith("hf://"):
-            self.store, files = hub_files(self.spec)
+            self.store, files = hub_files(self.spec, spec.hub)
         else:
             self.store, files = resolve_files(uri, spec.s3)
         if not files:

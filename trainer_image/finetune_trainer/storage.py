@@ -1,7 +1,7 @@
 """Object storage behind every URI the trainer reads or writes.
 
 `s3://BUCKET/KEY` goes through boto3 (s3transfer multipart uploads with
-concurrency; botocore's standard retries per request and s3retry's outage budget
+concurrency; botocore's standard retries per request and retries.py's outage budget
 per operation; endpoint/region/path-style for
 S3-compatible stores; credentials only from the environment). `file:///PATH`
 and `pvc://CLAIM/PATH` (mounted at FT_PVC_ROOT/CLAIM) are plain directories.
@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar, cast
 
 from finetune_api.env import TrainerEnv
-from finetune_api.types import S3Spec
+from finetune_api.types import HubSpec, S3Spec
 
 from .errors import PermanentError, RetryableError
-from .s3retry import S3Retry
+from .retries import Retry, classify_hub, classify_s3
 
 
 def pvc_root() -> Path:
@@ -168,7 +168,8 @@ class S3Store:
             region_name=settings.region or TrainerEnv.read("aws_region") or "us-east-1",
             config=config,
         )
-        self.retry = S3Retry(float(settings.retry_seconds), settings.endpoint or "AWS S3")
+        where = f"the store at {settings.endpoint}" if settings.endpoint else "AWS S3"
+        self.retry = Retry(float(settings.retry_seconds), where)
         self.transfer = TransferConfig(
             multipart_threshold=8 * 1024 * 1024,
             multipart_chunksize=8 * 1024 * 1024,
@@ -187,7 +188,10 @@ class S3Store:
         return f"s3://{self.bucket}/{full}" if full else f"s3://{self.bucket}"
 
     def _call(self, what: str, key: str, fn: Callable[[], T], bucket_level: bool = False) -> T:
-        return self.retry.call(what, self._uri(key), self.bucket, fn, bucket_level)
+        def classify(e: BaseException) -> tuple[str, str] | None:
+            return classify_s3(e, bucket_level)
+
+        return self.retry.call(what, self._uri(key), fn, self.bucket, classify)
 
     def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
         return self._call("list", prefix, lambda: self._list(prefix))
@@ -379,13 +383,21 @@ class HubStore(ReadOnlyStore):
     and is sent to the Hub only, never to the storage a download redirects to.
     """
 
-    def __init__(self, repo_id: str, revision: str | None) -> None:
+    def __init__(self, repo_id: str, revision: str | None, hub: HubSpec | None = None) -> None:
         self.uri = f"hf://{repo_id}"
         self.repo_id = repo_id
         self.revision = revision or "main"
         self.endpoint = (TrainerEnv.read("hf_endpoint") or "").rstrip("/") or None
+        budget = float((hub or HubSpec()).retry_seconds)
+        where = f"the Hub at {self.endpoint}" if self.endpoint else "the Hugging Face Hub"
+        self.retry = Retry(budget, where, "Hub", "spec.hub.retrySeconds", classify_hub)
 
     def _call(self, what: str, fn: Any) -> Any:
+        """`fn` retried within spec.hub.retrySeconds while the Hub is unreachable or
+        failing (connections, 5xx, 429); what no retry fixes is permanent at once."""
+        return self.retry.call(what, self.uri, lambda: self._mapped(what, fn))
+
+    def _mapped(self, what: str, fn: Any) -> Any:
         from huggingface_hub.errors import (
             GatedRepoError,
             OfflineModeIsEnabled,
@@ -414,7 +426,9 @@ class HubStore(ReadOnlyStore):
             raise PermanentError(
                 f"spec.dataset.revision: {self.repo_id} has no revision {self.revision!r}"
             ) from None
-        except Exception as e:  # network and server failures: a new attempt may succeed
+        except Exception as e:
+            if classify_hub(e) is not None:
+                raise  # transient: retried by _call within the budget
             raise RetryableError(f"cannot {what} {self.uri} on the Hub: {e}") from None
 
     def list_objects(self, prefix: str = "") -> list[ObjectInfo]:

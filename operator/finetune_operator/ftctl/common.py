@@ -41,10 +41,16 @@ def cluster_options(fn: F) -> F:
     def wrapper(
         kubeconfig: str | None, context: str | None, namespace: str | None, **kw: Any
     ) -> Any:
-        first = kubeconfig.split(":")[0] if kubeconfig else None
         try:
-            cluster: Cluster = connect(first, context, namespace)
-            return fn(jobs=Jobs(cluster), **kw)
+            # Every file of a KUBECONFIG list, merged as kubectl merges them.
+            cluster: Cluster | None = connect(kubeconfig, context, namespace)
+        except ClientError as e:
+            if not kw.get("dry_run"):
+                raise click.ClickException(str(e)) from None
+            cluster = None  # a client-side dry run needs no cluster, as with kubectl
+        jobs = Jobs(cluster) if cluster else Jobs.offline(namespace or "default")
+        try:
+            return fn(jobs=jobs, **kw)
         except (ClientError, JobFileError) as e:
             raise click.ClickException(str(e)) from None
 

@@ -106,5 +106,10 @@ def run(
         raise click.ClickException(f"{loaded.name} failed (exit code {code}); its reason is above")
     summary = _summary(loaded)
     output = output_uri(spec.checkpoints.uri, spec.output.uri if spec.output else None)
-    click.echo(f"ftctl: {loaded.name} finished. Evaluation at {summary or 'n/a'}")
+    if summary:
+        click.echo(f"ftctl: {loaded.name} finished. Evaluation at {summary}")
+    elif spec.training.eval_strategy == "no":
+        click.echo(f'ftctl: {loaded.name} finished (no evaluation: evalStrategy is "no")')
+    else:
+        click.echo(f"ftctl: {loaded.name} finished (no evaluation metrics were recorded)")
     click.echo(f"ftctl: model written to {output}")

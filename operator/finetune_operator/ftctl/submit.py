@@ -54,7 +54,12 @@ def _csv(value: str | None) -> list[str] | None:
 @click.option("--output-uri", help="output.uri (default: CHECKPOINTS/final).")
 @click.option("--s3-secret", help="Secret with the S3 keys (spec.s3.credentialsSecret.name).")
 @click.option("--image", help="Trainer image.")
-@click.option("--dry-run", is_flag=True, help="Print the job as it would be created, and stop.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the job as it would be created, and stop (checked by the cluster when one "
+    "is reachable; no kubeconfig needed).",
+)
 @click.option(
     "--watch", "follow_job", is_flag=True, help="Then show it live until it ends (ftctl watch)."
 )
@@ -108,6 +113,10 @@ def submit(
     source = str(path) if path else "the job"
     body = jobfile.manifest(jobfile.validate(doc, source), jobs.cluster.namespace)
     if dry_run:
+        if not jobs.server_checks(body):
+            click.echo(
+                "# not checked by a cluster (none reachable): client-side checks only", err=True
+            )
         click.echo(yaml.safe_dump(body, sort_keys=False), nl=False)
         return
     created = jobs.create(body)

@@ -1,10 +1,11 @@
-"""S3 failures by class, and the time budget within which transient ones are retried.
+"""Storage failures by class, and the time budget within which transient ones are retried.
 
-botocore retries each request a few times (standard mode, FT_S3_ATTEMPTS attempts
-with jittered exponential backoff): enough for a dropped connection, not for an
-outage. `S3Retry.call` retries a whole operation (a listing, a multipart upload, a
-download) with exponential backoff and jitter until `spec.s3.retrySeconds` have
-passed since its first failure; then the attempt ends with a RetryableError and the
+The clients retry each request a few times themselves (botocore's standard mode,
+FT_S3_ATTEMPTS attempts; huggingface_hub's backoff on reads): enough for a dropped
+connection, not for an outage. `Retry.call` retries a whole operation (a listing, a
+multipart upload, a download, a ranged read) with exponential backoff and jitter
+until its budget (`spec.s3.retrySeconds`, `spec.hub.retrySeconds`) has passed since
+the operation first failed; then the attempt ends with a retryable error and the
 operator starts another after its own backoff. Failures no retry fixes (access
 denied, no such bucket, no credentials, a malformed bucket name) end at once with a
 PermanentError naming the URI and what to check. Anything else (a missing key, say)
@@ -74,7 +75,7 @@ def causes(error: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__ or wrapped
 
 
-def classify(error: BaseException, bucket_level: bool = False) -> tuple[str, str] | None:
+def classify_s3(error: BaseException, bucket_level: bool = False) -> tuple[str, str] | None:
     """(TRANSIENT or PERMANENT, the detail to report), or None when neither is certain.
     `bucket_level`: a 404 means the bucket, not a key, is missing."""
     from botocore.exceptions import (
@@ -125,19 +126,46 @@ def permanent_message(detail: str, uri: str, bucket: str) -> str:
     )
 
 
+def classify_hub(error: BaseException) -> tuple[str, str] | None:
+    """Transient Hub failures: the connection (refused, reset, timed out), 5xx, 429.
+    Missing, gated or private repositories are mapped to PermanentError before this."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for e in causes(error):
+        if isinstance(e, httpx2.TransportError):
+            return TRANSIENT, f"{type(e).__name__}: {e}"
+        if isinstance(e, HfHubHTTPError) and e.response is not None:
+            status = e.response.status_code
+            if status >= 500 or status == 429:
+                return TRANSIENT, f"{status} from the server"
+    return None
+
+
+Classifier = Callable[[BaseException], "tuple[str, str] | None"]
+
+
 @dataclass
-class S3Retry:
+class Retry:
     """Retries one store's operations within a time budget (seconds, from the first
     failure). `clock` and `pause` are replaceable for tests of the schedule alone."""
 
     budget: float
     endpoint: str
+    service: str = "S3"
+    setting: str = "spec.s3.retrySeconds"
+    classify: Classifier = classify_s3
     clock: Callable[[], float] = time.monotonic
     pause: Callable[[float], None] = time.sleep
     jitter: Callable[[float, float], float] = field(default=random.uniform)
 
     def call(
-        self, what: str, uri: str, bucket: str, fn: Callable[[], T], bucket_level: bool = False
+        self,
+        what: str,
+        uri: str,
+        fn: Callable[[], T],
+        bucket: str = "",
+        classify: Classifier | None = None,
     ) -> T:
         started: float | None = None
         delay = FIRST_DELAY
@@ -146,7 +174,7 @@ class S3Retry:
             try:
                 return fn()
             except Exception as e:
-                found = classify(e, bucket_level)
+                found = (classify or self.classify)(e)
                 if found is None:
                     raise
                 kind, detail = found
@@ -161,15 +189,15 @@ class S3Retry:
                     raise StorageUnavailable(message) from None
                 wait = min(self.jitter(delay / 2, delay), left)
                 log.warning(
-                    "S3 %s %s failed (%s); retry %d in %.1fs (gives up %.0fs from now)",
-                    what, uri, detail, tries, wait, left,
+                    "%s %s %s failed (%s); retry %d in %.1fs (gives up %.0fs from now)",
+                    self.service, what, uri, detail, tries, wait, left,
                 )  # fmt: skip
                 self.pause(wait)
                 delay = min(delay * 2, MAX_DELAY)
 
     def gave_up(self, what: str, uri: str, detail: str, elapsed: float, tries: int) -> str:
         return (
-            f"S3 unavailable: cannot {what} {uri} ({detail}); still failing after "
-            f"{elapsed:.0f}s and {tries} tries (spec.s3.retrySeconds: {self.budget:g}); "
-            f"check that the store at {self.endpoint} is up and reachable"
+            f"{self.service} unavailable: cannot {what} {uri} ({detail}); still failing after "
+            f"{elapsed:.0f}s and {tries} tries ({self.setting}: {self.budget:g}); "
+            f"check that {self.endpoint} is up and reachable"
         )
