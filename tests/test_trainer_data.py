@@ -512,7 +512,9 @@ def test_an_unavailable_hub_is_retried_within_its_budget(
     from hub_standin import Hub
 
     _hub_glue(tmp_path / "hub")
-    # Three 503s (an overloaded Hub, or one restarting), then answers.
+    # hub_standin stands in for the Hugging Face Hub, which this machine cannot reach;
+    # the trainer's real Hub client talks to it. Three 503s (an overloaded Hub, or one
+    # restarting), then it answers.
     hub = Hub({"nyu-mll/glue": tmp_path / "hub" / "nyu-mll" / "glue"}, unavailable=3).start()
     doc = glue_mrpc()
     try:

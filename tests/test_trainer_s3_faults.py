@@ -79,8 +79,9 @@ def outage_held(node: Node, seconds: float) -> None:
 
 
 def test_retries_back_off_doubling_to_a_cap_within_the_budget() -> None:
-    """The schedule alone (clock and pause stand in for time): a connection error,
-    botocore's own exception, is retried after 1, 2, 4 ... 30 s until the budget."""
+    """The schedule alone: a connection error, botocore's own exception, is retried
+    after 1, 2, 4 ... 30 s until the budget. A counter stands in for the clock so the
+    100 s of waits take none (the real waits run in the MinIO tests below)."""
     from botocore.exceptions import EndpointConnectionError
 
     from finetune_trainer.errors import StorageUnavailable

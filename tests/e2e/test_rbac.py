@@ -21,10 +21,11 @@ from finetune_api import names as c
 
 
 def job_gone(cluster: Cluster, namespace: str, name: str) -> bool:
+    """The job no longer exists, and none of its pods either."""
     try:
         cluster.get_job(namespace, name)
     except client.ApiException as e:
-        return e.status == 404
+        return e.status == 404 and not pods_of(cluster, namespace, name)
     return False
 
 
@@ -83,10 +84,7 @@ def test_a_whole_job_lifecycle_runs_under_the_shipped_cluster_role(
     # A user deletes a training job: its pods go with it.
     cluster.kubectl("delete", c.PLURAL, "rbac-gone", "-n", namespace)
     wait_for(
-        lambda: (
-            job_gone(cluster, namespace, "rbac-gone")
-            and not pods_of(cluster, namespace, "rbac-gone")
-        ),
+        lambda: job_gone(cluster, namespace, "rbac-gone"),
         180,
         "the deleted job and its pods to be gone",
     )
@@ -105,12 +103,9 @@ def test_a_whole_job_lifecycle_runs_under_the_shipped_cluster_role(
 
     # TTL: the finished job is deleted by the operator, its pods with it.
     wait_for(
-        lambda: (
-            job_gone(cluster, namespace, "rbac-life")
-            and not pods_of(cluster, namespace, "rbac-life")
-        ),
+        lambda: job_gone(cluster, namespace, "rbac-life"),
         120,
-        "the finished job to be deleted after its TTL",
+        "the finished job and its pods to be deleted after its TTL",
     )
 
     log = cluster.core.read_namespaced_pod_log(op.metadata.name, operator["namespace"])
