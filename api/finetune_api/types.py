@@ -165,7 +165,7 @@ class ModelSpec(ApiModel):
     )
 
 
-DatasetFormat = Literal["auto", "jsonl", "csv", "tsv", "parquet"]
+DatasetFormat = Literal["auto", "jsonl", "csv", "tsv", "parquet", "arrow"]
 
 
 class DatasetSpec(ApiModel):
@@ -199,7 +199,11 @@ class DatasetSpec(ApiModel):
     )
     format: DatasetFormat = Field(
         default="auto",
-        description="File format; auto picks it from the file extension.",
+        description=(
+            "File format; auto picks it from the file extension (.gz, .zst, .bz2 and .xz "
+            "compressed too) and finds save_to_disk folders by their state.json or "
+            "dataset_dict.json; arrow requires such a folder."
+        ),
     )
     text_columns: list[str] = Field(
         max_length=2,
@@ -219,7 +223,9 @@ class DatasetSpec(ApiModel):
         default="label",
         min_length=1,
         max_length=NAME_MAX,
-        description="Column holding the integer class label.",
+        description=(
+            "Column holding the class label: an integer, a ClassLabel, or one of model.labelNames."
+        ),
     )
     train_split: str = Field(
         default="train",

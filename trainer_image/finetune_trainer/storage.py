@@ -15,7 +15,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -512,16 +512,3 @@ def resolve_files(uri: str, s3: S3Spec | None) -> tuple[Store, list[ObjectInfo]]
 def _hidden(key: str) -> bool:
     name = key.rsplit("/", 1)[-1]
     return name.startswith((".", "_")) or name.endswith(".partial")
-
-
-def chunk_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Lines of a sequence of byte chunks, each with its newline."""
-    rest = b""
-    for data in chunks:
-        data = rest + data
-        lines = data.split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            yield line + b"\n"
-    if rest:
-        yield rest

@@ -282,7 +282,9 @@ class Run:
         return found
 
     def _index(self, source: Source) -> DataIndex:
-        units = source.plan_units(self.world, self.cfg.shard_bytes)
+        # One process plans (a CSV plan parses the file once) and tells the others.
+        plan = source.plan_units(self.world, self.cfg.shard_bytes) if self.is_main else None
+        units = _broadcast(plan)
         part = count_units(source, units, list(range(self.rank, len(units), self.world)))
         counts: dict[str, int] = {}
         held: list[Example] = []
@@ -365,6 +367,7 @@ class Run:
         self._preflight()
         with self.acc.local_main_process_first():
             source = Source(self.spec)
+            source.adopt_labels(self.spec.model)
             model, tokenizer = load(self.spec, cfg.work_dir)
         point = self._restore_point()
         if point is not None:
