@@ -534,6 +534,12 @@ def test_an_unavailable_hub_is_retried_within_its_budget(
         "Hub unavailable: cannot list hf://nyu-mll/glue (503 from the server); still failing"
     ), message
     assert f"(spec.hub.retrySeconds: 2); check that the Hub at {hub.endpoint} is up" in message
+    # Nothing listens there any more: refused connections are waited out the same way.
+    with pytest.raises(StorageUnavailable) as refused_connection:
+        Source(FineTuneJobSpec.model_validate(doc))
+    message = str(refused_connection.value)
+    assert message.startswith("Hub unavailable: cannot list hf://nyu-mll/glue (Connect"), message
+    assert "(spec.hub.retrySeconds: 2)" in message
 
 
 @pytest.mark.parametrize(

@@ -99,7 +99,7 @@ def test_bad_input_fails_fast_with_one_clear_line(
         spec["dataset"]["textColumns"] = ["sentence1", "sentence2"]
         expected = (
             "spec.dataset.textColumns: column 'sentence1' not found in "
-            f"{str(MRPC / 'train.tsv').lstrip('/')}; the data has columns: {MRPC_COLUMNS}"
+            f"file://{MRPC / 'train.tsv'}; the data has columns: {MRPC_COLUMNS}"
         )
     elif case == "label-out-of-range":
         spec["dataset"] = {

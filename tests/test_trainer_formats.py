@@ -314,7 +314,7 @@ def test_bad_data_is_one_permanent_line_naming_what_to_fix(tmp_path: Path) -> No
     damaged[len(damaged) // 2] ^= 0xFF
     (tmp_path / "train.csv.gz").write_bytes(bytes(damaged))
     message = permanent(spec_for(f"file://{tmp_path}/train.csv.gz"))
-    assert message.startswith(f"spec.dataset: {tmp_path}/train.csv.gz".replace("/", "", 1))
+    assert message.startswith(f"spec.dataset: file://{tmp_path}/train.csv.gz is not a valid")
     assert "is not a valid gzip file" in message
     assert "compressed byte" in message
 
@@ -453,7 +453,7 @@ def test_a_killed_run_on_compressed_data_resumes_with_the_same_batches(
             "model": {"uri": f"file://{tiny_model}", "numLabels": 2},
             "dataset": {"uri": f"file://{tmp_path}/train.csv.gz", "textColumns": ["text"]},
             "training": {
-                "numTrainEpochs": 2,
+                "numTrainEpochs": 4,
                 "perDeviceTrainBatchSize": 8,
                 "learningRate": 1e-3,
                 "evalStrategy": "no",
@@ -468,12 +468,16 @@ def test_a_killed_run_on_compressed_data_resumes_with_the_same_batches(
 
     ckpt = tmp_path / "killed-ckpt"
     nodes = start_nodes(job("killed"), tmp_path / "killed", nodes=1)
-    wait_for(lambda: len(list(ckpt.glob("step-*/manifest.json"))) >= 4, 300, "4 checkpoints")
+
+    def committed() -> list[int]:
+        return [int(p.parent.name[5:]) for p in ckpt.glob("step-*/manifest.json")]
+
+    wait_for(lambda: max(committed(), default=0) >= 20, 300, "step 20 committed", every=0.05)
     os.killpg(nodes[0].proc.pid, signal.SIGKILL)
     wait_nodes(nodes)
     log = run_nodes(job("killed"), tmp_path / "resumed", nodes=1)[0].output()
     resumed_at = int(re.search(r"at step (\d+)", log).group(1))  # type: ignore[union-attr]
-    assert 20 <= resumed_at < 250, log  # 2 epochs of 125 steps
+    assert 20 <= resumed_at < 500, log  # 4 epochs of 125 steps
     resumed = load_weights(tmp_path / "killed-model")
     for name, value in expected.items():
         torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6, msg=name)

@@ -129,17 +129,25 @@ def permanent_message(detail: str, uri: str, bucket: str) -> str:
 def classify_hub(error: BaseException) -> tuple[str, str] | None:
     """Transient Hub failures: the connection (refused, reset, timed out), 5xx, 429.
     Missing, gated or private repositories are mapped to PermanentError before this."""
-    import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 
     for e in causes(error):
-        if isinstance(e, httpx2.TransportError):
+        if _transport_error(e):
             return TRANSIENT, f"{type(e).__name__}: {e}"
         if isinstance(e, HfHubHTTPError) and e.response is not None:
             status = e.response.status_code
             if status >= 500 or status == 429:
                 return TRANSIENT, f"{status} from the server"
     return None
+
+
+def _transport_error(e: BaseException) -> bool:
+    """A connection that failed or timed out, in whichever HTTP client huggingface_hub
+    uses (httpx and its successor both name the base class TransportError)."""
+    names = {k.__name__ for k in type(e).__mro__}
+    if "OfflineModeIsEnabled" in names:  # HF_HUB_OFFLINE: no wait makes it go away
+        return False
+    return "TransportError" in names or isinstance(e, (ConnectionError, TimeoutError))
 
 
 Classifier = Callable[[BaseException], "tuple[str, str] | None"]

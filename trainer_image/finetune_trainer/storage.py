@@ -59,6 +59,13 @@ class Store(Protocol):
     def check(self) -> None: ...
 
 
+def object_uri(store: Store, key: str) -> str:
+    """The URI a user would write for one object of a store (what messages name)."""
+    if key.startswith(("https://", "http://")):
+        return key
+    return store.uri + key if store.uri.endswith("/") else f"{store.uri}/{key}"
+
+
 def split_glob(path: str) -> tuple[str, str | None]:
     """("data/", "data/*.csv") for a glob, (path, None) for a plain key or prefix."""
     if not any(ch in path for ch in GLOB_CHARS):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from ..errors import PermanentError
-from ..storage import ObjectInfo, Store
+from ..storage import ObjectInfo, Store, object_uri
 from .reads import RangeFile
 from .rows import Columns
 from .units import Example, Unit
@@ -116,8 +116,9 @@ class ArrowBatches:
                 raise ValueError("dictionary-encoded columns are not supported")
             self.schema = pa.ipc.read_schema(pa.py_buffer(self._bytes(*messages[0][:2])))
         except (ValueError, struct.error, pa.ArrowInvalid) as e:
+            where = object_uri(store, key)
             raise PermanentError(
-                f"spec.dataset: {key} is not an Arrow stream as save_to_disk writes it: {e}"
+                f"spec.dataset: {where} is not an Arrow stream as save_to_disk writes it: {e}"
             ) from None
         self.batches = [(m[0], m[1]) for m in messages if m[2] == RECORD_BATCH]
         rows = (m[3] for m in messages if m[2] == RECORD_BATCH)
@@ -187,7 +188,8 @@ class ColumnarReader:
         group = bisect.bisect_right(starts, unit.start) - 1
         rows = self._group(unit, group)
         for i in range(unit.start if block_start is None else block_start, unit.end):
-            yield i, self.columns.example(rows[i - starts[group]], f"{unit.key} row {i}")
+            where = f"{object_uri(self.store, unit.key)} row {i}"
+            yield i, self.columns.example(rows[i - starts[group]], where)
 
     def _group(self, unit: Unit, group: int) -> list[dict[str, Any]]:
         """The rows of a group (the needed columns only). Groups stay cached up to
@@ -198,7 +200,7 @@ class ColumnarReader:
             return self._cache[ident][1]
         groups = self.file(unit.key, unit.fmt)
         if unit.key not in self._checked:
-            self.columns.check(groups.names(), unit.key)
+            self.columns.check(groups.names(), object_uri(self.store, unit.key))
             self._checked.add(unit.key)
         rows = groups.read(group, self.columns.wanted)
         self._cache[ident] = (groups.memory(group), rows)

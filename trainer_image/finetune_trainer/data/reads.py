@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import PermanentError, RetryableError
-from ..storage import Store
+from ..storage import Store, object_uri
 
 # Compressed files are read in windows of this size, one ranged read each.
 STREAM_WINDOW = 1 << 20
@@ -124,8 +124,9 @@ def decompressed(store: Store, key: str, size: int, name: str) -> Iterator[bytes
         except Exception as e:
             if e is raw_file.error:
                 raise
+            where = object_uri(store, key)
             raise PermanentError(
-                f"spec.dataset: {key} is not a valid {name} file: {e} (the damage lies at or "
+                f"spec.dataset: {where} is not a valid {name} file: {e} (the damage lies at or "
                 f"before compressed byte {raw_file.pos}); replace the file"
             ) from None
         if not data:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PermanentError
-from ..storage import ObjectInfo, Store
+from ..storage import ObjectInfo, Store, object_uri
 
 MARKERS = ("dataset_dict.json", "state.json")
 
@@ -72,7 +72,8 @@ def saved_splits(store: Store, files: list[ObjectInfo], uri: str) -> dict[str, S
     doc = _json(store, markers[0], uri)
     names = doc.get("splits") if isinstance(doc, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise PermanentError(f"spec.dataset.uri: {uri}: {markers[0]} lists no splits")
+        where = object_uri(store, markers[0])
+        raise PermanentError(f"spec.dataset.uri: {where} lists no splits")
     return {name: _split(store, by_key, _join(root, name), uri) for name in names}
 
 
@@ -80,14 +81,18 @@ def _json(store: Store, key: str, uri: str) -> Any:
     try:
         return json.loads(store.get_bytes(key))
     except ValueError:
-        raise PermanentError(f"spec.dataset.uri: {uri}: {key} is not valid JSON") from None
+        where = object_uri(store, key)
+        raise PermanentError(
+            f"spec.dataset.uri: {where} is not valid JSON; write {uri} again with save_to_disk"
+        ) from None
 
 
 def _split(store: Store, by_key: dict[str, ObjectInfo], folder: str, uri: str) -> SavedSplit:
     for name in ("state.json", "dataset_info.json"):
         if _join(folder, name) not in by_key:
             raise PermanentError(
-                f"spec.dataset.uri: {uri}: the split folder {folder or '.'}/ has no {name}; "
+                f"spec.dataset.uri: {uri}: the split folder {object_uri(store, folder)}/ "
+                f"has no {name}; "
                 "write the dataset again with save_to_disk"
             )
     state = _json(store, _join(folder, "state.json"), uri)
@@ -97,8 +102,8 @@ def _split(store: Store, by_key: dict[str, ObjectInfo], folder: str, uri: str) -
     missing = [k for k in keys if k not in by_key]
     if missing or not keys:
         raise PermanentError(
-            f"spec.dataset.uri: {uri}: {_join(folder, 'state.json')} lists "
-            + (f"{missing[0]}, which is missing" if missing else "no data files")
+            f"spec.dataset.uri: {object_uri(store, _join(folder, 'state.json'))} lists "
+            + (f"{_name(missing[0])}, which is missing" if missing else "no data files")
         )
     features = info.get("features") if isinstance(info, dict) else None
     return SavedSplit(folder, [by_key[k] for k in keys], features or {})

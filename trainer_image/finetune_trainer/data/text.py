@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import PermanentError
-from ..storage import ObjectInfo, Store
+from ..storage import ObjectInfo, Store, object_uri
 from .reads import codec, decompressed, lines_from, ranges
 from .rows import Columns
 from .units import Example, Unit
@@ -33,7 +33,7 @@ OPEN_STREAMS = 64
 Record = tuple[int, Example | None]
 
 
-def csv_records(lines: Iterator[tuple[int, bytes]], key: str) -> Iterator[tuple[int, list[str]]]:
+def csv_records(lines: Iterator[tuple[int, bytes]], name: str) -> Iterator[tuple[int, list[str]]]:
     """(offset, fields) for each CSV record, as `csv.reader` splits them: a quoted
     field may run over several lines. The reader takes one line at a time and never
     reads ahead, so a record starts where the lines of the previous one ended."""
@@ -57,7 +57,7 @@ def csv_records(lines: Iterator[tuple[int, bytes]], key: str) -> Iterator[tuple[
         except csv.Error as e:
             at = first if start is None else start
             raise PermanentError(
-                f"spec.dataset: {key}: the CSV record starting at byte {at} cannot be read "
+                f"spec.dataset: {name}: the CSV record starting at byte {at} cannot be read "
                 f"({e}); look for an unbalanced quote there"
             ) from None
         start = first if start is None else start
@@ -71,6 +71,9 @@ class TextReader:
         self.store, self.sizes, self.columns = store, sizes, columns
         self._headers: dict[str, list[str]] = {}
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
+
+    def name(self, key: str) -> str:
+        return object_uri(self.store, key)
 
     # --- planning ------------------------------------------------------------------
 
@@ -92,7 +95,7 @@ class TextReader:
         target = next(targets, None)
         cuts = [0]
         chunks = ranges(self.store, f.key, f.size, 0, SCAN_WINDOW, cap=SCAN_WINDOW)
-        for start, _ in csv_records(lines_from(chunks, 0), f.key):
+        for start, _ in csv_records(lines_from(chunks, 0), self.name(f.key)):
             while target is not None and start >= target:
                 if start > cuts[-1]:
                     cuts.append(start)
@@ -107,11 +110,11 @@ class TextReader:
         if unit.key not in self._headers:
             lines = lines_from(self._chunks(unit.key, 0, MARGIN), 0)
             if unit.fmt == "csv":
-                first = next(csv_records(lines, unit.key), (0, []))[1]
+                first = next(csv_records(lines, self.name(unit.key)), (0, []))[1]
             else:
                 raw = next(lines, (0, b""))[1]
                 first = raw.decode("utf-8-sig").rstrip("\r\n").split("\t")
-            self.columns.check(first, unit.key)
+            self.columns.check(first, self.name(unit.key))
             self._headers[unit.key] = first
         return self._headers[unit.key]
 
@@ -161,14 +164,14 @@ class TextReader:
         plain = codec(unit.key) is None
         header = self.header(unit) if unit.fmt in ("csv", "tsv") else None
         records: Iterator[tuple[int, Any]] = (
-            csv_records(lines, unit.key) if unit.fmt == "csv" else iter(lines)
+            csv_records(lines, self.name(unit.key)) if unit.fmt == "csv" else iter(lines)
         )
         for start, record in records:
             if end is not None and start >= end:
                 return
             if start == 0 and header is not None:
                 continue
-            where = f"{unit.key} at byte {start}" + ("" if plain else " (uncompressed)")
+            where = f"{self.name(unit.key)} at byte {start}" + ("" if plain else " (uncompressed)")
             row = self._row(record, unit.fmt, header, where, start == 0)
             if row is not None:
                 yield start, self.columns.example(row, where)
