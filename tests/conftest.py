@@ -131,12 +131,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def mrpc_in_s3(s3: Any, tiny_model: Path) -> dict[str, str]:
     """MRPC train/dev and the tiny model in MinIO; returns their URIs."""
-    from trainer_support import MRPC, ensure_bucket, upload_dir
+    from trainer_support import put_mrpc
 
-    client = s3.client()
-    for bucket in ("data", "models", "ckpt"):
-        ensure_bucket(client, bucket)
-    for name in ("train.tsv", "dev.tsv"):
-        client.upload_file(str(MRPC / name), "data", f"mrpc/{name}")
-    upload_dir(client, tiny_model, "models", "tiny-bert")
-    return {"data": "s3://data/mrpc/", "model": "s3://models/tiny-bert"}
+    return put_mrpc(s3.client(), tiny_model)

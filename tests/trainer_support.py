@@ -59,6 +59,16 @@ def ensure_bucket(client: Any, bucket: str) -> None:
         client.create_bucket(Bucket=bucket)
 
 
+def put_mrpc(client: Any, tiny_model: Path) -> dict[str, str]:
+    """MRPC train/dev and the tiny model into an S3 server; returns their URIs."""
+    for bucket in ("data", "models", "ckpt"):
+        ensure_bucket(client, bucket)
+    for name in ("train.tsv", "dev.tsv"):
+        client.upload_file(str(MRPC / name), "data", f"mrpc/{name}")
+    upload_dir(client, tiny_model, "models", "tiny-bert")
+    return {"data": "s3://data/mrpc/", "model": "s3://models/tiny-bert"}
+
+
 @dataclass
 class Node:
     """One pod's worth of trainer: a launcher and its worker processes."""

@@ -21,7 +21,7 @@ from conftest import Cluster
 from e2e.support import ended, s3_job, s3_secret
 from e2e.test_faults import training_process
 from finetune_api import names as c
-from trainer_support import MRPC, committed_steps, ensure_bucket, iter_s3_keys, upload_dir
+from trainer_support import committed_steps, iter_s3_keys, put_mrpc
 
 STEPS = 400
 BUDGET = 60
@@ -34,12 +34,7 @@ def own_s3(tmp_path: Path, tiny_model: Path) -> Iterator[Any]:
     server = S3Server(tmp_path / "minio", free_port())
     server.workdir.mkdir()
     server.start()
-    client = server.client()
-    for bucket in ("data", "models", "ckpt"):
-        ensure_bucket(client, bucket)
-    for name in ("train.tsv", "dev.tsv"):
-        client.upload_file(str(MRPC / name), "data", f"mrpc/{name}")
-    upload_dir(client, tiny_model, "models", "tiny-bert")
+    server.uris = put_mrpc(server.client(), tiny_model)
     yield server
     server.stop()
 
@@ -92,8 +87,7 @@ def test_s3_outages_are_waited_out_and_a_longer_one_restarts_the_gang(
     cluster: Cluster, namespace: str, operator: dict[str, str], trainer_image: str, own_s3: Any
 ) -> None:
     s3_secret(cluster, namespace, own_s3)
-    uris = {"data": "s3://data/mrpc/", "model": "s3://models/tiny-bert"}
-    job = s3_job("outage", trainer_image, own_s3, uris, maxSteps=STEPS)
+    job = s3_job("outage", trainer_image, own_s3, own_s3.uris, maxSteps=STEPS)
     job["spec"]["s3"]["retrySeconds"] = BUDGET
     job["spec"]["checkpoints"]["saveSteps"] = 50
     # 1. Down at start-up: the pods' first S3 calls meet a stopped store.
