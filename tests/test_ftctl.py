@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -172,3 +174,26 @@ def test_a_run_without_evaluation_says_so(tmp_path: Path, tiny_model: Path) -> N
     assert done.returncode == 0, done.stdout + done.stderr
     assert 'ftctl: small finished (no evaluation: evalStrategy is "no")\n' in done.stdout
     assert "n/a" not in done.stdout
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_permanent_error_in_a_local_run_is_said_once_without_a_traceback(
+    tmp_path: Path, tiny_model: Path, processes: int
+) -> None:
+    rows = [{"text": f"review {i}", "label": i % 2} for i in range(40)]
+    rows[33]["label"] = "maybe"  # type: ignore[assignment]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = local_job(
+        tmp_path,
+        tiny_model,
+        dataset={"uri": f"file://{data}", "textColumns": ["text"]},
+        resources={"nodes": 1, "gpusPerNode": processes, "processesPerNode": processes},
+    )
+    done = ftctl_local(job)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out
+    reason = "spec.dataset.labelColumn: label 'maybe' in file://"
+    assert out.count(reason) == 1, out
+    assert "Traceback" not in out, out
+    assert "Error: small failed (exit code 42); its reason is above" in out

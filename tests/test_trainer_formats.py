@@ -373,64 +373,65 @@ def ftctl_local_accuracy(job: dict[str, Any], work: Path) -> float:
     return float(found.group(1))
 
 
+def s3_accuracy(job: dict[str, Any], work: Path, s3: Any, prefix: str) -> float:
+    """Trained by the trainer itself (a pod's launcher), from the S3 server."""
+    import re
+
+    from trainer_support import run_nodes
+
+    job["checkpoints"]["uri"] = f"s3://ckpt/{prefix}"
+    job["s3"] = {"endpoint": s3.endpoint, "forcePathStyle": True}
+    log = run_nodes(job, work, nodes=1, extra=s3.env())[0].output()
+    return float(re.findall(rf"eval at step {EPOCHS} \| accuracy ([0-9.]+)", log)[-1])
+
+
 def test_saved_folders_train_to_the_accuracy_of_the_same_rows_in_jsonl(
     tiny_model: Path, tmp_path: Path, s3: Any
 ) -> None:
-    import re
-
     from transformers import AutoConfig
 
-    from trainer_support import run_nodes, upload_dir
+    from trainer_support import upload_dir
 
     train, dev = quickstart("train"), quickstart("dev")
-    runs = {name: tmp_path / name for name in ("jsonl", "classlabel", "strings")}
-    for work in runs.values():
-        work.mkdir()
+    (tmp_path / "jsonl").mkdir()
     for name, rows in (("train", train), ("dev", dev)):
-        (runs["jsonl"] / f"{name}.jsonl").write_bytes(as_jsonl(rows))
+        (tmp_path / "jsonl" / f"{name}.jsonl").write_bytes(as_jsonl(rows))
+    split = {"trainSplit": "train", "evalSplit": "dev"}
     jsonl = ftctl_local_accuracy(
         full_batch_job(
-            tiny_model,
-            runs["jsonl"],
-            {"uri": f"file://{runs['jsonl']}/", "trainSplit": "train", "evalSplit": "dev"},
-            numLabels=2,
+            tiny_model, tmp_path / "jsonl", {"uri": f"file://{tmp_path}/jsonl/", **split}
         ),
-        runs["jsonl"],
+        tmp_path / "jsonl",
     )
-    # A ClassLabel DatasetDict from a local folder, through ftctl: no numLabels or
-    # labelNames in the job; they come from the ClassLabel.
-    folder = save_dict(tmp_path / "cl", "classlabel", train=train, validation=dev)
-    classlabel = ftctl_local_accuracy(
-        full_batch_job(
-            tiny_model, runs["classlabel"], {"uri": f"file://{folder}", "evalSplit": "validation"}
-        ),
-        runs["classlabel"],
-    )
-    config = AutoConfig.from_pretrained(runs["classlabel"] / "model")
-    assert config.id2label == {0: "negative", 1: "positive"}
-    # String labels with labelNames, from the S3 server, through the trainer itself.
     client = s3.client()
     for bucket in ("data", "ckpt"):
         ensure_bucket(client, bucket)
-    upload_dir(
-        client, save_dict(tmp_path / "st", "strings", train=train, validation=dev), "data", "st"
-    )
-    job = full_batch_job(
-        tiny_model,
-        runs["strings"],
-        {"uri": "s3://data/st/", "evalSplit": "validation"},
-        numLabels=2,
-        labelNames=["negative", "positive"],
-    )
-    job["checkpoints"]["uri"] = "s3://ckpt/formats-strings"
-    job["s3"] = {"endpoint": s3.endpoint, "forcePathStyle": True}
-    log = run_nodes(job, runs["strings"], nodes=1, extra=s3.env())[0].output()
-    strings = float(re.findall(rf"eval at step {EPOCHS} \| accuracy ([0-9.]+)", log)[-1])
-    print(f"\naccuracy: jsonl {jsonl}, ClassLabel {classlabel}, strings {strings}")
+    # A ClassLabel needs no numLabels or labelNames in the job: they come from it.
+    labels = {"classlabel": {}, "strings": {"labelNames": ["negative", "positive"]}}
+    accuracy: dict[str, float] = {"jsonl": jsonl}
+    for kind, model in labels.items():
+        folder = save_dict(tmp_path / kind, kind, train=train, validation=dev)
+        local, remote = tmp_path / f"{kind}-ftctl", tmp_path / f"{kind}-s3"
+        local.mkdir()
+        accuracy[f"{kind} ftctl"] = ftctl_local_accuracy(
+            full_batch_job(
+                tiny_model, local, {"uri": f"file://{folder}", "evalSplit": "validation"}, **model
+            ),
+            local,
+        )
+        config = AutoConfig.from_pretrained(local / "model")
+        assert config.id2label == {0: "negative", 1: "positive"}
+        upload_dir(client, folder, "data", f"saved-{kind}")
+        job = full_batch_job(
+            tiny_model, remote, {"uri": f"s3://data/saved-{kind}/", "evalSplit": "validation"}
+        )
+        job["model"].update(model)
+        accuracy[f"{kind} s3"] = s3_accuracy(job, remote, s3, f"formats-{kind}")
+    print(f"\naccuracy: {accuracy}")
     # The same examples in every step; sums taken in another order may move one of
     # the 200 evaluation answers at most.
-    assert abs(classlabel - jsonl) <= 1 / 200
-    assert abs(strings - jsonl) <= 1 / 200
+    for name, value in accuracy.items():
+        assert abs(value - jsonl) <= 1 / 200, (name, accuracy)
     assert jsonl > 0.6  # it learned something (chance is about 0.5)
 
 

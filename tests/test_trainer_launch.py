@@ -58,7 +58,7 @@ def test_a_manifest_file_becomes_the_configuration() -> None:
 def test_multi_node_gpu_launch_command() -> None:
     cfg = from_env(pod_env(), gpu=on_gpus)
     argv, env = accelerate_command(cfg, {"PATH": "/usr/bin"})
-    assert argv[1:3] == ["-m", "accelerate.commands.launch"]
+    assert argv[1:3] == ["-m", "finetune_trainer.accelerate_main"]
     assert "--multi_gpu" in argv
     assert "--cpu" not in argv
     assert option(argv, "--num_machines") == "2"

@@ -33,7 +33,8 @@ def accelerate_command(
     cfg: TrainerConfig, env: Mapping[str, str]
 ) -> tuple[list[str], dict[str, str]]:
     """The `accelerate launch` argv and environment for this node."""
-    argv = [sys.executable, "-m", "accelerate.commands.launch"]
+    # accelerate's launcher, without its report of a training process's failure.
+    argv = [sys.executable, "-m", "finetune_trainer.accelerate_main"]
     if cfg.world_size > 1:
         argv += ["--multi_gpu"]
     if cfg.device == "cpu":
