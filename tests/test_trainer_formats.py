@@ -210,14 +210,18 @@ def test_compressed_and_plain_files_give_the_same_examples(tmp_path: Path) -> No
     assert sum(rank0.values()) == sum(rank1.values()) == 500
 
 
-def test_a_stream_over_compressed_files_resumes_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["compressed", "saved"])
+def test_a_stream_resumes_exactly_from_any_position(tmp_path: Path, layout: str) -> None:
     rows = quickstart("train") * 2
-    for part, codec in enumerate(["gz", "zst", "xz"]):
-        chunk = rows[part * 700 : (part + 1) * 700]
-        (tmp_path / f"train-{part}.jsonl.{codec}").write_bytes(compressed(as_jsonl(chunk), codec))
+    if layout == "compressed":
+        for part, codec in enumerate(["gz", "zst", "xz"]):
+            chunk = as_jsonl(rows[part * 700 : (part + 1) * 700])
+            (tmp_path / f"train-{part}.jsonl.{codec}").write_bytes(compressed(chunk, codec))
+    else:
+        save_dict(tmp_path / "saved", "classlabel", train=rows)
     spec = spec_for(f"file://{tmp_path}/")
     source = Source(spec)
-    units = source.plan_units(1, 1 << 20)
+    units = source.plan_units(1, 16 * 1024)
     index = count_units(source, units, list(range(len(units))))
     full = list(stream(source, index, Position(), 3, 0, 1))
     assert len(full) == 2000

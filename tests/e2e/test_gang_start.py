@@ -89,7 +89,20 @@ def gate_node_zero(cluster: Cluster, namespace: str) -> Iterator[str]:
             "name": c.node_name("gated", 0),
             "labels": {c.LABEL_JOB: "gated", c.LABEL_NODE_INDEX: "0", c.LABEL_ATTEMPT: "1"},
         },
-        "spec": {"containers": [{"name": "probe", "image": "probe"}]},
+        "spec": {
+            # What the namespace's restricted Pod Security admits.
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": "probe",
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
     }
 
     def in_effect() -> bool:
