@@ -9,7 +9,7 @@ from typing import Any
 from finetune_api import names as c
 from finetune_operator import builders
 from finetune_operator.progress import parse
-from finetune_operator.reconcile import Plan, Settings, reconcile
+from finetune_operator.reconcile import Plan, Refusal, Settings, reconcile
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -199,7 +199,7 @@ def test_a_pod_the_api_refused_fails_the_job_instead_of_a_retry_loop() -> None:
     # Pod 0 was created, the API refused pod 1: the next pass fails the job, stops pod 0.
     pod0 = with_phase(next(m for m in first.create if m["kind"] == "Pod"), "Pending")
     why = 'Pod "mrpc-node-1" is invalid: spec.nodeSelector: Invalid value: "fast ssd"'
-    plan = reconcile(obj, [pod0], NOW, rejected=why)
+    plan = reconcile(obj, [pod0], NOW, rejected=Refusal("Pod", why))
     assert plan.status.phase == c.Phase.FAILED
     failed = next(x for x in plan.status.conditions or [] if x.type == "Failed")
     assert failed.reason == "PodRejected"
@@ -209,6 +209,11 @@ def test_a_pod_the_api_refused_fails_the_job_instead_of_a_retry_loop() -> None:
     assert [e.type for e in plan.events if e.reason == "PodRejected"] == ["Warning"]
     # Nothing is created again on later passes.
     assert reconcile(apply(obj, plan), [], NOW).create == []
+    # A refused Service is named as such.
+    why = 'Service "mrpc" is invalid: metadata.labels: Invalid value'
+    plan = reconcile(obj, [pod0], NOW, rejected=Refusal("Service", why))
+    failed = next(x for x in plan.status.conditions or [] if x.type == "Failed")
+    assert failed.message == f"the API refused the job's Service; fix the spec in a new job: {why}"
 
 
 def test_an_oom_kill_is_named_in_the_failure() -> None:

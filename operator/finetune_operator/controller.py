@@ -29,7 +29,7 @@ from finetune_api.names import node_name
 from .kube import Kube, Rejected
 from .node_loss import nodes_to_check
 from .progress import Reading, scrape
-from .reconcile import Settings, phase_of, reconcile
+from .reconcile import Refusal, Settings, phase_of, reconcile
 
 log = logging.getLogger("finetune_operator")
 Key = tuple[str, str]  # (namespace, name)
@@ -202,7 +202,7 @@ class Controller:
         self._stop = threading.Event()
         self._phases: dict[Key, str] = {}
         # Why the API refused a pod of a job on its last pass, for the next one.
-        self._rejected: dict[Key, str] = {}
+        self._rejected: dict[Key, Refusal] = {}
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -274,8 +274,8 @@ class Controller:
             self._create(plan.create)
         except Rejected as e:
             # The next pass fails the job with the API's message instead of retrying.
-            log.warning("%s/%s: the API refused a pod: %s", namespace, name, e)
-            self._rejected[key] = str(e)
+            log.warning("%s/%s: the API refused a %s: %s", namespace, name, e.kind, e)
+            self._rejected[key] = Refusal(e.kind, str(e))
             self.queue.add(key)
         for event in plan.events:
             self.kube.event(job, event.type, event.reason, event.message)

@@ -30,6 +30,10 @@ def _json(response: Any) -> Any:
 class Rejected(Exception):
     """The API refused an object for a reason that creating it again cannot change."""
 
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
 
 def _api_message(e: ApiException) -> str:
     try:
@@ -118,7 +122,7 @@ class Kube:
             if e.status in (400, 422) or (
                 e.status == 403 and not any(p in message for p in passing)
             ):
-                raise Rejected(message) from None
+                raise Rejected(message, kind) from None
             raise
         return True
 

@@ -223,6 +223,14 @@ def transition_events(old: FineTuneJobStatus, new: FineTuneJobStatus) -> list[Ev
 # --- the decision -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """What the API refused on the last pass (its kind: Pod or Service) and its words."""
+
+    kind: str
+    message: str
+
+
 class _Reconcile:
     def __init__(
         self,
@@ -232,7 +240,7 @@ class _Reconcile:
         settings: Settings,
         reading: Reading | None,
         lost_nodes: frozenset[str],
-        rejected: str | None = None,
+        rejected: Refusal | None = None,
     ) -> None:
         self.obj, self.now, self.settings, self.reading = obj, now, settings, reading
         self.lost_nodes = lost_nodes
@@ -289,10 +297,11 @@ class _Reconcile:
             self._expire()
         elif self.rejected is not None:
             # Creating it again would be refused again: no retry loop, the API's words.
+            what = "a training pod" if self.rejected.kind == "Pod" else "the job's Service"
             self.finish(
                 Phase.FAILED,
                 Reason.POD_REJECTED,
-                f"the API refused a training pod; fix the spec in a new job: {self.rejected}",
+                f"the API refused {what}; fix the spec in a new job: {self.rejected.message}",
             )
         elif self.spec.suspend:
             self._suspend()
@@ -514,10 +523,10 @@ def reconcile(
     settings: Settings | None = None,
     reading: Reading | None = None,
     lost_nodes: frozenset[str] = frozenset(),
-    rejected: str | None = None,
+    rejected: Refusal | None = None,
 ) -> Plan:
     """The next plan for one job, given its pods (all attempts) as the API shows them,
     what its rank-0 pod's metrics said (if it runs), which of the nodes that
-    node_loss.nodes_to_check named are not ready, and why the API refused one of its
-    pods on the last pass (None if it did not)."""
+    node_loss.nodes_to_check named are not ready, and what the API refused on the
+    last pass (one of its pods or its Service; None if nothing)."""
     return _Reconcile(obj, pods, now, settings or Settings(), reading, lost_nodes, rejected).run()
