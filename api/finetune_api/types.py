@@ -230,7 +230,10 @@ class DatasetSpec(ApiModel):
     train_split: str = Field(
         default="train",
         max_length=NAME_MAX,
-        description="Split to train on (hf:// datasets, or a file name stem for directories).",
+        description=(
+            "Split to train on: a save_to_disk DatasetDict's split, an hf:// dataset's, or "
+            "a file name stem for directories."
+        ),
     )
     eval_split: str | None = Field(
         default=None,

@@ -148,7 +148,11 @@ def test_a_gang_whose_node_zero_never_starts_ends_at_the_rendezvous_bound_then_c
 
     message = wait_for(rendezvous_failed, TIMEOUT + 240, "the rendezvous failure")[0]
     waited = int(re.search(r"waited (\d+)s", message).group(1))  # type: ignore[union-attr]
-    assert TIMEOUT * 0.9 <= waited <= TIMEOUT + 30, message
+    # The bound is checked between connection tries, and one try is a name lookup of
+    # node 0, which has no address while its pod is unscheduled: in this test bed the
+    # lookup's search-path variants outside the cluster wait for a DNS upstream that
+    # does not exist, so the last try can run up to about half a minute past the bound.
+    assert TIMEOUT * 0.9 <= waited <= TIMEOUT + 60, message
     assert f"(spec.runPolicy.rendezvousTimeoutSeconds: {TIMEOUT})" in message
     assert "did not start or cannot reach node 0" in message
     final = wait_for(lambda: ended(cluster, namespace, "gated"), 600, "the job to end")

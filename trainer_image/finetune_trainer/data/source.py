@@ -104,8 +104,10 @@ class Source:
             self.store, files = resolve_files(uri, spec.s3)
         if not files:
             raise PermanentError(f"spec.dataset.uri: no data files found at {uri}")
-        if is_saved(files) or self.spec.format == "arrow" or _any_arrow(files):
-            self._saved(saved_splits(self.store, files, uri) if is_saved(files) else None, files)
+        if is_saved(files):
+            self._saved(saved_splits(self.store, files, uri))
+        elif self.spec.format == "arrow" or _any_arrow(files):
+            raise not_saved(uri, files)  # Arrow files are read only as save_to_disk wrote them
         else:
             self._split_by_name(files, spec)
         sizes = {f.key: f.size for f in [*self.train_files, *self.eval_files]}
@@ -137,11 +139,9 @@ class Source:
                 f"spec.dataset.trainSplit: no file named {self.spec.train_split}* at {uri}"
             )
 
-    def _saved(self, splits: dict[str, SavedSplit] | None, files: list[ObjectInfo]) -> None:
+    def _saved(self, splits: dict[str, SavedSplit]) -> None:
         """A save_to_disk folder: a DatasetDict's splits by name, or one Dataset."""
         uri, ds = self.spec.uri, self.spec
-        if splits is None:
-            raise not_saved(uri, files)
         if "" in splits:  # one Dataset: all of it trains; evalFraction holds out
             if ds.eval_split:
                 raise PermanentError(
