@@ -486,3 +486,36 @@ def test_a_killed_run_on_compressed_data_resumes_with_the_same_batches(
     resumed = load_weights(tmp_path / "killed-model")
     for name, value in expected.items():
         torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_an_index_from_before_record_cuts_still_reads_each_example_once(tmp_path: Path) -> None:
+    """A checkpoint's data plan written by an earlier trainer cut CSV files at any byte
+    and read one line as one record; a run resumed from it goes on reading that way."""
+    import itertools
+
+    from finetune_trainer.data import DataIndex
+
+    rows = quickstart("train")
+    (tmp_path / "train.csv").write_bytes(as_csv(rows))
+    spec = spec_for(f"file://{tmp_path}/train.csv")
+    source = Source(spec)
+    size = (tmp_path / "train.csv").stat().st_size
+    bounds = [size * k // 8 for k in range(9)]
+    key = source.train_files[0].key
+    saved = {
+        "units": [
+            {"key": key, "fmt": "csv", "start": a, "end": b, "memory": 0}
+            for a, b in itertools.pairwise(bounds)
+        ],
+        "counts": {},
+        "eval": [],
+    }
+    units = DataIndex.from_json(saved).units
+    index = count_units(source, units, list(range(len(units))))
+    seen: Counter[Row] = Counter()
+    for rank in range(2):
+        stream_ = stream(source, index, Position(), 7, rank, 2)
+        seen += Counter((e.texts[0], e.label) for e, _ in stream_)
+    assert seen == Counter((r["text"], r["label"]) for r in rows)
+    # A plan this trainer saves says how it cut, and reads back unchanged.
+    assert DataIndex.from_json(index.to_json()).units == units

@@ -21,7 +21,7 @@ from ..errors import PermanentError
 from ..storage import ObjectInfo, Store, object_uri
 from .reads import codec, decompressed, lines_from, ranges
 from .rows import Columns
-from .units import Example, Unit
+from .units import LEGACY_CSV, Example, Unit
 
 # Bytes asked for beyond an estimated end, for the line running across it.
 MARGIN = 4 * 1024
@@ -109,7 +109,7 @@ class TextReader:
     def header(self, unit: Unit) -> list[str]:
         if unit.key not in self._headers:
             lines = lines_from(self._chunks(unit.key, 0, MARGIN), 0)
-            if unit.fmt == "csv":
+            if unit.fmt in ("csv", LEGACY_CSV):
                 first = next(csv_records(lines, self.name(unit.key)), (0, []))[1]
             else:
                 raw = next(lines, (0, b""))[1]
@@ -135,6 +135,7 @@ class TextReader:
         begin = unit.start if block_start is None else block_start
         # A JSON-lines or TSV range starts mid-line: that line belongs to the range before.
         skip_partial = unit.fmt != "csv" and block_start is None and unit.start > 0
+        # (A legacy CSV unit starts mid-line like JSON lines: see units.LEGACY_CSV.)
         read_from = begin - 1 if skip_partial else begin
         rest = unit.end - read_from + MARGIN
         lines = lines_from(self._chunks(unit.key, read_from, min(window or rest, rest)), read_from)
@@ -162,7 +163,7 @@ class TextReader:
         self, unit: Unit, lines: Iterator[tuple[int, bytes]], end: int | None
     ) -> Iterator[Record]:
         plain = codec(unit.key) is None
-        header = self.header(unit) if unit.fmt in ("csv", "tsv") else None
+        header = self.header(unit) if unit.fmt in ("csv", "tsv", LEGACY_CSV) else None
         records: Iterator[tuple[int, Any]] = (
             csv_records(lines, self.name(unit.key)) if unit.fmt == "csv" else iter(lines)
         )
@@ -187,6 +188,8 @@ class TextReader:
             return None
         if fmt == "tsv":
             return dict(zip(header or [], text.split("\t"), strict=False))
+        if fmt == LEGACY_CSV:
+            return dict(zip(header or [], next(csv.reader([text]), []), strict=False))
         try:
             row = json.loads(text)
         except ValueError:

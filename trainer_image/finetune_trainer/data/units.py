@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+# CSV units of an index saved before CSV was cut at record starts (one line, one record).
+LEGACY_CSV = "csv-lines"
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class DataIndex:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "csvCuts": "records",
             "units": [asdict(u) for u in self.units],
             "counts": self.counts,
             "eval": [[list(e.texts), e.label] for e in self.eval_examples],
@@ -80,8 +84,13 @@ class DataIndex:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> DataIndex:
+        units = [Unit(**u) for u in doc["units"]]
+        if doc.get("csvCuts") != "records":
+            # Saved by a trainer that cut CSV files at line starts and read a line as a
+            # record: its counts hold for that reading only, so it goes on reading so.
+            units = [replace(u, fmt=LEGACY_CSV) if u.fmt == "csv" else u for u in units]
         return cls(
-            units=[Unit(**u) for u in doc["units"]],
+            units=units,
             counts={k: int(v) for k, v in doc["counts"].items()},
             eval_examples=[Example(tuple(t), int(label)) for t, label in doc["eval"]],
         )
