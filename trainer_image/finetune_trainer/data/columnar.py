@@ -187,9 +187,9 @@ class ColumnarReader:
         starts = self.file(unit.key, unit.fmt).starts
         group = bisect.bisect_right(starts, unit.start) - 1
         rows = self._group(unit, group)
+        name = object_uri(self.store, unit.key)
         for i in range(unit.start if block_start is None else block_start, unit.end):
-            where = f"{object_uri(self.store, unit.key)} row {i}"
-            yield i, self.columns.example(rows[i - starts[group]], where)
+            yield i, self.columns.example(rows[i - starts[group]], f"{name} row {i}")
 
     def _group(self, unit: Unit, group: int) -> list[dict[str, Any]]:
         """The rows of a group (the needed columns only). Groups stay cached up to

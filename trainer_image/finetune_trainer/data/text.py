@@ -147,13 +147,13 @@ class TextReader:
         """A compressed file's records from `begin` on. Its stream stays open between
         blocks; resuming elsewhere decompresses the file again from its start."""
         stream = self._streams.pop(unit.key, None)
-        if stream is None or stream.offset > begin:
+        if stream is None or stream.next is None or stream.next[0] > begin:
             lines = lines_from(self._chunks(unit.key, 0, 0), 0)
             stream = _Stream(self._parse(unit, lines, None))
         self._streams[unit.key] = stream
         while len(self._streams) > OPEN_STREAMS:
             self._streams.popitem(last=False)
-        while (record := stream.peek()) is not None:
+        while (record := stream.next) is not None:
             if record[0] >= begin:
                 yield record  # a reader that stops here gets this record again next time
             stream.advance()
@@ -162,17 +162,18 @@ class TextReader:
     def _parse(
         self, unit: Unit, lines: Iterator[tuple[int, bytes]], end: int | None
     ) -> Iterator[Record]:
-        plain = codec(unit.key) is None
+        name = self.name(unit.key)
+        suffix = "" if codec(unit.key) is None else " (uncompressed)"
         header = self.header(unit) if unit.fmt in ("csv", "tsv", LEGACY_CSV) else None
         records: Iterator[tuple[int, Any]] = (
-            csv_records(lines, self.name(unit.key)) if unit.fmt == "csv" else iter(lines)
+            csv_records(lines, name) if unit.fmt == "csv" else iter(lines)
         )
         for start, record in records:
             if end is not None and start >= end:
                 return
             if start == 0 and header is not None:
                 continue
-            where = f"{self.name(unit.key)} at byte {start}" + ("" if plain else " (uncompressed)")
+            where = f"{name} at byte {start}{suffix}"
             row = self._row(record, unit.fmt, header, where, start == 0)
             if row is not None:
                 yield start, self.columns.example(row, where)
@@ -205,13 +206,6 @@ class _Stream:
     def __init__(self, records: Iterator[Record]) -> None:
         self.records = records
         self.next: Record | None = next(records, None)
-
-    @property
-    def offset(self) -> int:
-        return self.next[0] if self.next is not None else 1 << 62
-
-    def peek(self) -> Record | None:
-        return self.next
 
     def advance(self) -> None:
         self.next = next(self.records, None)
