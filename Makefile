@@ -16,7 +16,8 @@ help:
 	@echo "make test          install everything, lint, and run the test suite (what CI runs)"
 	@echo "make e2e           the end-to-end tests on real nodes (part of make test)"
 	@echo "make test-slow     the long end-to-end tests"
-	@echo "make generate      regenerate the CRD (manifests/, charts/) from the API models"
+	@echo "make generate      regenerate the CRD (manifests/, charts/) from the API models and"
+	@echo "                   the chart's Grafana dashboards from dashboards/"
 	@echo "make lint          ruff and mypy --strict"
 	@echo "make cluster-up    start the local control plane; kubeconfig in .cache/cluster/"
 	@echo "make cluster-down  stop it (and its nodes)"
@@ -37,18 +38,20 @@ install: $(STAMP)
 
 generate: $(STAMP)
 	$(BIN)/python -m finetune_api.crd --write
+	PYTHONPATH=dashboards $(BIN)/python -m finetune_dashboards --write
 
 check-generated: $(STAMP)
 	$(BIN)/python -m finetune_api.crd --check
+	PYTHONPATH=dashboards $(BIN)/python -m finetune_dashboards --check
 
 lint: $(STAMP)
-	$(BIN)/ruff check api operator trainer_image tests bench examples
-	$(BIN)/ruff format --check api operator trainer_image tests bench examples
+	$(BIN)/ruff check api operator trainer_image dashboards tests bench examples
+	$(BIN)/ruff format --check api operator trainer_image dashboards tests bench examples
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format api operator trainer_image tests bench examples
-	$(BIN)/ruff check --fix api operator trainer_image tests bench examples
+	$(BIN)/ruff format api operator trainer_image dashboards tests bench examples
+	$(BIN)/ruff check --fix api operator trainer_image dashboards tests bench examples
 
 # Debian packages the tests use: openssl makes the test cluster's certificates.
 system-deps:

@@ -188,6 +188,12 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", metavar="RUN", help="only these columns (recipe, tuned, ours-1, ...)"
     )
+    parser.add_argument(
+        "--no-recipe",
+        action="store_true",
+        help="(--full) leave the recipe out: its accuracy per seed is reproducible "
+        "(bench/mrpc_reference.py), so a rerun of ours need not repeat it; no ratio column",
+    )
     args = parser.parse_args()
     steps = None if args.full else args.steps
     runs: dict[str, Callable[[int], tuple[float, tuple[float, float]]]] = {
@@ -208,7 +214,10 @@ def main() -> None:
         unknown = set(args.only) - set(KEYS.values())
         if unknown:
             parser.error(f"--only: unknown {sorted(unknown)}; choose from {list(KEYS.values())}")
-        runs = {n: f for n, f in runs.items() if KEYS[n] in args.only or KEYS[n] == "recipe"}
+        keep = set(args.only) | ({"recipe"} if not args.no_recipe else set())
+        runs = {n: f for n, f in runs.items() if KEYS[n] in keep}
+    if args.no_recipe and not args.full:
+        parser.error("--no-recipe: only with --full (--quick needs the recipe for its ratios)")
     results = {name: Result() for name in runs}
     seeds = args.seeds if args.full else [42] * args.rounds
     for i, seed in enumerate(seeds):
@@ -218,7 +227,8 @@ def main() -> None:
             results[name].samples_per_s.append(rate)
             results[name].scores.append(scores)
             print(f"# round {i + 1} seed {seed}: {name}: {rate:.1f} samples/s {scores}", flush=True)
-    base = statistics.mean(results["recipe (Trainer, fp32)"].samples_per_s)
+    recipe = results.get("recipe (Trainer, fp32)")
+    base = statistics.mean(recipe.samples_per_s) if recipe else None
     print(f"\nCPU bf16 in hardware: {cpu_has_bf16()}; steps: {steps or '3 epochs'}; "
           f"runs per column: {len(seeds)}\n")  # fmt: skip
     head = "| run | samples/s | real tokens/s | padding | vs recipe |"
@@ -230,7 +240,7 @@ def main() -> None:
         mean_tokens, padded = padding(batching[name])
         rate = statistics.mean(res.samples_per_s)
         row = (f"| {name} | {rate:.1f} | {rate * mean_tokens:.0f} | {padded:.0%} | "
-               f"{rate / base:.2f}x |")  # fmt: skip
+               f"{f'{rate / base:.2f}x' if base else '-'} |")  # fmt: skip
         if args.full:
             acc = statistics.mean(a for a, _ in res.scores)
             f1 = statistics.mean(f for _, f in res.scores)

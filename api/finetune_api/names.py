@@ -110,6 +110,9 @@ CONTAINER_NAME: Final = "trainer"
 # Where the pod mounts the PersistentVolumeClaims of pvc:// URIs (one folder per claim).
 PVC_MOUNT_ROOT: Final = "/mnt/pvc"
 METRICS_PORT: Final = 9420
+# Port names on the pod and the job's Service (a PodMonitor selects the metrics port by name).
+METRICS_PORT_NAME: Final = "metrics"
+RENDEZVOUS_PORT_NAME: Final = "rendezvous"
 DEFAULT_MASTER_PORT: Final = 29500
 TERMINATION_LOG_PATH: Final = "/dev/termination-log"
 

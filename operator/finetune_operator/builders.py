@@ -99,12 +99,12 @@ def service(job: Job, defaults: Defaults = Defaults()) -> dict[str, Any]:
             "selector": job_labels(job),
             "ports": [
                 {
-                    "name": "rendezvous",
+                    "name": c.RENDEZVOUS_PORT_NAME,
                     "port": defaults.master_port,
                     "targetPort": defaults.master_port,
                 },
                 {
-                    "name": "metrics",
+                    "name": c.METRICS_PORT_NAME,
                     "port": defaults.metrics_port,
                     "targetPort": defaults.metrics_port,
                 },
@@ -211,8 +211,8 @@ def pod(
         "imagePullPolicy": spec.pod.image_pull_policy,
         "env": _env(job, index, attempt, defaults),
         "ports": [
-            {"name": "rendezvous", "containerPort": defaults.master_port},
-            {"name": "metrics", "containerPort": defaults.metrics_port},
+            {"name": c.RENDEZVOUS_PORT_NAME, "containerPort": defaults.master_port},
+            {"name": c.METRICS_PORT_NAME, "containerPort": defaults.metrics_port},
         ],
         "resources": _resources(spec),
         "volumeMounts": mounts,

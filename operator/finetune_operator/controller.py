@@ -24,6 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from finetune_api import names as c
+from finetune_api.metrics import OperatorMetric as OM
 from finetune_api.names import node_name
 
 from .kube import Kube, Rejected
@@ -106,30 +107,20 @@ class WorkQueue:
 class OperatorMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.jobs = Gauge(
-            "finetune_operator_jobs", "FineTuneJobs by phase.", ("phase",), registry=r
-        )
+        self.jobs = Gauge(OM.JOBS, "FineTuneJobs by phase.", ("phase",), registry=r)
         self.reconcile_seconds = Histogram(
-            "finetune_operator_reconcile_seconds",
+            OM.RECONCILE_SECONDS,
             "Time to reconcile one job.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
-        self.reconciles = Counter("finetune_operator_reconciles", "Reconciles run.", registry=r)
-        self.errors = Counter(
-            "finetune_operator_reconcile_errors", "Reconciles that raised.", registry=r
-        )
-        self.restarts = Counter(
-            "finetune_operator_gang_restarts", "Gang restarts after a failure.", registry=r
-        )
-        self.pods_created = Counter(
-            "finetune_operator_pods_created", "Training pods created.", registry=r
-        )
-        self.queue_depth = Gauge(
-            "finetune_operator_queue_depth", "Jobs waiting to be reconciled.", registry=r
-        )
+        self.reconciles = Counter(OM.RECONCILES, "Reconciles run.", registry=r)
+        self.errors = Counter(OM.RECONCILE_ERRORS, "Reconciles that raised.", registry=r)
+        self.restarts = Counter(OM.GANG_RESTARTS, "Gang restarts after a failure.", registry=r)
+        self.pods_created = Counter(OM.PODS_CREATED, "Training pods created.", registry=r)
+        self.queue_depth = Gauge(OM.QUEUE_DEPTH, "Jobs waiting to be reconciled.", registry=r)
         self.watch_lag = Gauge(
-            "finetune_operator_watch_lag_seconds",
+            OM.WATCH_LAG,
             "How long the watch has been behind the API (0 when it is current).",
             registry=r,
         )

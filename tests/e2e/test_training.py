@@ -16,11 +16,33 @@ import yaml
 from controlplane import wait_for
 
 from conftest import Cluster
+from dashboard_support import panel_queries
 from e2e.support import ended, operator_pod, wait_placed
 from finetune_api import names as c
 from finetune_api.checkpoints import MANIFEST, step_of
 from prometheus.server import Prometheus
 from trainer_support import MRPC, download_output, iter_s3_keys, load_weights
+
+
+def shows_on_the_dashboards(prom: Prometheus, namespace: str, job: str, began: float) -> None:
+    """Every query of the chart's dashboards runs on what Prometheus scraped from the
+    pods and the operator; each panel but the GPU ones (no GPU here) shows numbers."""
+    chosen = {"namespace": namespace, "job": job, "__rate_interval": "1m"}
+    for board, variables in (("training.json", chosen), ("operator.json", chosen)):
+        shown: dict[str, list[float]] = {}
+        for title, expr in panel_queries(board, **variables):
+            values = [
+                float(v) for s in prom.query_range(expr, began, step=5) for _, v in s["values"]
+            ]  # a query Prometheus refuses raises here, naming the panel's expression
+            shown.setdefault(title, []).extend(v for v in values if v == v)  # not NaN
+        empty = [t for t, values in shown.items() if not values and not t.startswith("GPU ")]
+        assert not empty, (board, empty)
+        assert all(not v for t, v in shown.items() if t.startswith("GPU ")), shown
+    (loss_expr, *_) = [
+        e for t, e in panel_queries("training.json", **chosen) if t == "Loss over time"
+    ]
+    loss = prom.query_range(loss_expr, began, step=5)
+    assert len(loss) == 1  # one line per job, though two pods serve it
 
 
 def get_ftj(cluster: Cluster, namespace: str, name: str) -> dict[str, str]:
@@ -100,6 +122,7 @@ def test_kubectl_apply_trains_a_two_node_job_to_succeeded(
         f'finetune_operator_reconciles_total{{pod="{operator_pod_name}"}}'
     )
     assert float(reconciles[0]["value"][1]) > 0
+    shows_on_the_dashboards(prometheus, namespace, "mrpc", began)
 
     # Checkpoints committed in S3, the newest one in the job's status.
     client = s3.client()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -56,8 +57,11 @@ class Prometheus:
 
     def api(self, path: str, **params: Any) -> Any:
         url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return json.loads(resp.read())["data"]
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                return json.loads(resp.read())["data"]
+        except urllib.error.HTTPError as e:  # a refused query: say which, and why
+            raise AssertionError(f"Prometheus refused {params}: {e.read().decode()}") from e
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """An instant query's series."""

@@ -45,6 +45,9 @@ class TrainerMetrics:
         self.last_checkpoint_step = gauge(
             M.LAST_CHECKPOINT_STEP, "Step of the newest committed checkpoint."
         ).labels(*lv)
+        self.last_checkpoint_time = gauge(
+            M.LAST_CHECKPOINT_TIME, "Unix time the newest checkpoint was committed."
+        ).labels(*lv)
         self.samples = counter(M.TRAIN_SAMPLES, "Training samples consumed by all ranks.").labels(
             *lv
         )

@@ -643,6 +643,7 @@ class Run:
         self._checkpoint_seconds = self._save_seconds + seconds  # what a stop must allow for
         self.metrics.checkpoint_upload_seconds.observe(seconds)
         self.metrics.last_checkpoint_step.set(committed.step)
+        self.metrics.last_checkpoint_time.set_to_current_time()
         log.info(
             "checkpoint step %d committed to %s/%s in %.1fs",
             committed.step,
