@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
+import select
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
+from controlplane import free_port
 
 from finetune_operator.ftctl.main import cli
 
@@ -170,10 +175,13 @@ def ftctl_local(job: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_run_without_evaluation_says_so(tmp_path: Path, tiny_model: Path) -> None:
-    done = ftctl_local(local_job(tmp_path, tiny_model))
+    # With its metrics served, but output to a pipe: plain lines, no live view.
+    done = ftctl_local(local_job(tmp_path, tiny_model), "--metrics-port", str(free_port()))
     assert done.returncode == 0, done.stdout + done.stderr
     assert 'ftctl: small finished (no evaluation: evalStrategy is "no")\n' in done.stdout
     assert "n/a" not in done.stdout
+    assert "\x1b[" not in done.stdout
+    assert "░" not in done.stdout
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -197,3 +205,43 @@ def test_a_permanent_error_in_a_local_run_is_said_once_without_a_traceback(
     assert out.count(reason) == 1, out
     assert "Traceback" not in out, out
     assert "Error: small failed (exit code 42); its reason is above" in out
+
+
+def read_all(fd: int, deadline: float) -> bytes:
+    """Everything written to a pseudo-terminal until its last writer closes it."""
+    out = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: every writer has closed the terminal
+            return out
+        if not chunk:
+            return out
+        out += chunk
+    raise AssertionError(f"no end of output before the deadline: {out[-2000:]!r}")
+
+
+def test_a_local_run_in_a_terminal_shows_the_live_view(tmp_path: Path, tiny_model: Path) -> None:
+    """In a terminal: the bar with ETA and the loss while it trains, then the evaluation
+    (with output to a pipe, plain lines: test_a_run_without_evaluation_says_so)."""
+    from trainer_support import mrpc_dataset
+
+    training = {"maxSteps": 120, "evalStrategy": "steps", "evalSteps": 120, "loggingSteps": 40}
+    job = local_job(tmp_path, tiny_model, training=training, dataset=mrpc_dataset(64))
+    argv = [FTCTL, "run", "-f", str(job), "--local", "--metrics-port", str(free_port())]
+    main, sub = pty.openpty()
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdin=sub, stdout=sub, stderr=sub)
+    os.close(sub)
+    try:
+        out = read_all(main, time.monotonic() + 600).decode()
+    finally:
+        os.close(main)
+    assert proc.wait(timeout=60) == 0, out[-4000:]
+    assert "\x1b[" in out  # the view redraws in place
+    bars = re.findall(r"\[[█░]{30}\] +\d+%  step (\d+)/120  epoch [0-9.]+  ETA \d+m\d\ds", out)
+    assert bars, out[-4000:]
+    assert re.search(r"\nloss \d+\.\d{4}  [▁▂▃▄▅▆▇█]+  lr [0-9.e-]+  [0-9.]+ samples/s", out)
+    assert re.search(r"ftctl: small finished\. Evaluation at step 120: accuracy", out), out[-3000:]

