@@ -108,6 +108,28 @@ def test_the_rendered_chart_is_accepted_by_the_apiserver(
     assert "Warning" not in done.stderr  # no Pod Security warning either
 
 
+def test_replicas_come_with_leader_election_and_its_one_lease(helm: str) -> None:
+    rendered = objects(render(helm, "replicaCount=2").stdout)
+    deployment = rendered["Deployment/finetune-operator"]["spec"]
+    assert deployment["replicas"] == 2
+    assert deployment["strategy"]["type"] == "RollingUpdate"
+    args = deployment["template"]["spec"]["containers"][0]["args"]
+    assert {"--leader-elect", "--leader-election-id=finetune-operator"} <= set(args)
+    role = rendered["Role/finetune-operator-leader-election"]
+    assert role["metadata"]["namespace"] == "finetune-system"
+    named = [r for r in role["rules"] if "resourceNames" in r]
+    assert named == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": ["finetune-operator"], "verbs": ["get", "update"]}
+    ]  # fmt: skip
+    refused = render(helm, "replicaCount=2", "leaderElection.enabled=false", check=False)
+    assert refused.returncode != 0
+    assert "replicaCount above 1 needs leaderElection.enabled=true" in refused.stderr
+    single = objects(render(helm, "leaderElection.enabled=false").stdout)
+    assert single["Deployment/finetune-operator"]["spec"]["strategy"]["type"] == "Recreate"
+    assert "Role/finetune-operator-leader-election" not in single
+
+
 def test_the_default_render_matches_its_snapshot(helm: str) -> None:
     """What `helm install` with no values creates, reviewed as a diff whenever it changes
     (`UPDATE_SNAPSHOTS=1` rewrites the snapshot). The dashboards' JSON is held to the

@@ -48,6 +48,7 @@ class OperatorMetric(StrEnum):
     PODS_CREATED = "finetune_operator_pods_created"
     QUEUE_DEPTH = "finetune_operator_queue_depth"
     WATCH_LAG = "finetune_operator_watch_lag_seconds"
+    LEADER = "finetune_operator_leader"
 
 
 def total(counter: str) -> str:

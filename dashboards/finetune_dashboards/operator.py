@@ -59,4 +59,12 @@ def build() -> Dashboard:
     )
     d.with_panel(series("Queue depth", "none", Q(f"max({OM.QUEUE_DEPTH})", "jobs waiting")))
     d.with_panel(series("Watch lag", "s", Q(f"max({OM.WATCH_LAG})", "behind the API")))
+    d.with_panel(
+        series(
+            "Active replica",
+            "none",
+            Q(f"max by (pod) ({OM.LEADER})", "{{pod}}"),
+            description="1 on the replica that holds the Lease and reconciles, 0 on standbys.",
+        )
+    )
     return d.build()

@@ -119,6 +119,7 @@ class OperatorMetrics:
         self.restarts = Counter(OM.GANG_RESTARTS, "Gang restarts after a failure.", registry=r)
         self.pods_created = Counter(OM.PODS_CREATED, "Training pods created.", registry=r)
         self.queue_depth = Gauge(OM.QUEUE_DEPTH, "Jobs waiting to be reconciled.", registry=r)
+        self.leader = Gauge(OM.LEADER, "1 while this replica reconciles, else 0.", registry=r)
         self.watch_lag = Gauge(
             OM.WATCH_LAG,
             "How long the watch has been behind the API (0 when it is current).",
@@ -132,6 +133,9 @@ class Health:
 
     stale_after: float = 120.0
     ready: bool = False
+    # With leader election: set once a standby has read the Lease (it is then ready,
+    # though it does not reconcile).
+    standby: threading.Event | None = None
     last_resync: float = 0.0
     # Resource versions the watch delivered, and since when the API has shown a
     # newer one than the watch did (per job).
@@ -160,6 +164,9 @@ class Health:
                     del self.behind_since[key]
             self.last_resync = now
             return max((now - t for t in self.behind_since.values()), default=0.0)
+
+    def is_ready(self) -> bool:
+        return self.ready or (self.standby is not None and self.standby.is_set())
 
     def live(self, resync: float) -> tuple[bool, str]:
         now = time.monotonic()
@@ -198,6 +205,7 @@ class Controller:
     # --- life cycle ------------------------------------------------------------------
 
     def start(self) -> None:
+        self.metrics.leader.set(1)
         for i in range(self.workers):
             t = threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True)
             t.start()

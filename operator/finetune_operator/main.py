@@ -1,18 +1,22 @@
 """`finetune-operator`: kopf watches feeding the controller, plus metrics and health.
 
 kopf does the watching (initial listing, reconnects, server-side label
-selection, peering between replicas); its handlers only enqueue the job a
-watch event concerns. The decisions live in reconcile.py and the API calls
-in kube.py. Only `@kopf.on.event` is used: those handlers keep no state in
-the watched objects and add no finalizers, so deleting a job never waits on
-the operator, even when it is not running.
+selection); its handlers only enqueue the job a watch event concerns. With
+--leader-elect, only the replica that holds the Lease (leader.py) runs the
+controller's workers; the others watch and wait. The decisions live in
+reconcile.py and the API calls in kube.py. Only `@kopf.on.event` is used:
+those handlers keep no state in the watched objects and add no finalizers, so
+deleting a job never waits on the operator, even when it is not running.
 """
 
 from __future__ import annotations
 
 import http.server
 import logging
+import os
+import socket
 import threading
+import uuid
 from typing import Any
 
 import click
@@ -26,6 +30,7 @@ from . import restart
 from .builders import Defaults
 from .controller import Controller
 from .kube import Kube
+from .leader import Elector, Timing
 from .reconcile import Settings
 
 log = logging.getLogger("finetune_operator")
@@ -89,7 +94,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             ok, why = ctl.health.live(self.resync)
             self._send(200 if ok else 500, why.encode())
         elif self.path == "/readyz":
-            ready = ctl.health.ready
+            ready = ctl.health.is_ready()
             self._send(200 if ready else 503, b"ok" if ready else b"not synced yet")
         else:
             self._send(404, b"not found")
@@ -110,6 +115,22 @@ def serve_http(address: str, port: int, resync: float) -> http.server.ThreadingH
     server = http.server.ThreadingHTTPServer((address, port), _Handler)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
+
+
+def _start_elector(elector: Elector, ctl: Controller) -> None:
+    """Run the controller only while leading; a standby is ready once it reads the Lease."""
+
+    def lost() -> None:
+        # Another replica may take over at any moment now: stop reconciling at once,
+        # and let the Deployment start this one again, as a standby.
+        logging.shutdown()
+        os._exit(1)
+
+    stop = threading.Event()
+    threading.Thread(
+        target=elector.run, args=(stop, ctl.start, lost), name="leader-election", daemon=True
+    ).start()
+    ctl.health.standby = elector.reached_api
 
 
 def _load_config(kubeconfig: str | None) -> client.ApiClient:
@@ -213,9 +234,29 @@ def _load_config(kubeconfig: str | None) -> client.ApiClient:
     help="Address of the HTTP endpoints.",
 )
 @click.option(
-    "--peering",
-    default=None,
-    help="kopf peering name: run several replicas, one active (needs the ClusterKopfPeering CRD).",
+    "--leader-elect",
+    is_flag=True,
+    help="Reconcile only while holding a Lease, so that several replicas run with one active.",
+)
+@click.option(
+    "--leader-election-namespace",
+    envvar="POD_NAMESPACE",
+    default="default",
+    show_default="$POD_NAMESPACE, else default",
+    help="Namespace of the Lease.",
+)
+@click.option(
+    "--leader-election-id",
+    default="finetune-operator",
+    show_default=True,
+    help="Name of the Lease (one per installation).",
+)
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(3),
+    default=15.0,
+    show_default=True,
+    help="A standby takes over this long after the leader's last renewal.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(
@@ -232,7 +273,10 @@ def main(
     stale_watch_seconds: float,
     http_port: int,
     http_address: str,
-    peering: str | None,
+    leader_elect: bool,
+    leader_election_namespace: str,
+    leader_election_id: str,
+    lease_seconds: float,
     verbose: bool,
 ) -> None:
     """Run the FineTuneJob operator."""
@@ -260,16 +304,24 @@ def main(
     )
     _controller.health.stale_after = stale_watch_seconds
     serve_http(http_address, http_port, resync_seconds)
-    _controller.start()
-    try:
-        kopf.run(
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            standalone=peering is None,
-            peering_name=peering,
+    elector = None
+    if leader_elect:
+        elector = Elector(
+            _controller.kube.api,
+            leader_election_namespace,
+            leader_election_id,
+            f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
+            Timing(lease_seconds),
         )
+        _start_elector(elector, _controller)
+    else:
+        _controller.start()
+    try:
+        kopf.run(clusterwide=not namespaces, namespaces=namespaces, standalone=True)
     finally:
         _controller.stop()
+        if elector is not None:
+            elector.release()
 
 
 if __name__ == "__main__":
