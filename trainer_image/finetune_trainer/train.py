@@ -645,11 +645,12 @@ class Run:
         self.metrics.last_checkpoint_step.set(committed.step)
         self.metrics.last_checkpoint_time.set_to_current_time()
         log.info(
-            "checkpoint step %d committed to %s/%s in %.1fs",
+            "checkpoint step %d committed to %s/%s in %.1fs (training paused %.2fs for it)",
             committed.step,
             self.ckpt.uri,
             committed.folder,
             seconds,
+            self._save_seconds,
         )
 
     def _check_in_sync(self, model: Any) -> None:

@@ -1,0 +1,167 @@
+"""Training time a checkpoint costs, and the checkpoint upload rate
+(`.venv/bin/python bench/checkpoint_stall.py`).
+
+Same job as bench/trainer_vs_recipe.py (all-MiniLM-L6-v2, MRPC, global batch 8), run through
+`ftctl run --local` with its checkpoints in the test S3 server (MinIO on loopback), side by
+side in one session, rounds alternating the order:
+
+- without a checkpoint inside the measured steps, and with one every `--every` steps (the
+  trainer snapshots locally, then uploads in the background while training goes on);
+- the time training lost per checkpoint: the difference of the two runs' training time,
+  divided by the checkpoints taken; against what a blocking upload of the same bytes would
+  lose, the training pause for the snapshot plus the upload time, both from the trainer's
+  log of the same run (a blocking upload is those two, one after the other);
+- the upload rate of one checkpoint's files: the trainer's store (`CheckpointStore.commit`:
+  sha256 of each file, boto3 transfers with 8 MiB parts, 8 threads, then the manifest)
+  against plain boto3 `upload_file` (its default transfer settings) of the same files.
+
+Prints a Markdown table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests" / "cluster"), str(ROOT / "tests")]
+
+from controlplane import free_port  # noqa: E402
+
+from s3.server import S3Server  # noqa: E402
+from trainer_support import minilm_dir, mrpc_train_only  # noqa: E402
+
+BATCH = 8
+COMMITTED = re.compile(
+    r"checkpoint step (\d+) committed .* in ([0-9.]+)s \(training paused ([0-9.]+)s"
+)
+
+
+def run(s3: S3Server, work: Path, steps: int, every: int, prefix: str) -> dict[str, Any]:
+    """One `ftctl run --local`: its samples/s and its checkpoints' (step, upload, pause)."""
+    job = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "stall"},
+        "spec": {
+            "model": {"uri": f"file://{minilm_dir()}", "numLabels": 2},
+            "dataset": mrpc_train_only(),
+            "training": {"maxSteps": steps, "perDeviceTrainBatchSize": BATCH,
+                         "learningRate": 5e-5, "evalStrategy": "no", "loggingSteps": 10_000},
+            "resources": {"nodes": 1, "gpusPerNode": 1},
+            "s3": {"endpoint": s3.endpoint, "forcePathStyle": True},
+            "checkpoints": {"uri": f"s3://ckpt/{prefix}", "saveSteps": every, "saveTotalLimit": 2},
+        },
+    }  # fmt: skip
+    path = work / f"{prefix}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    argv = [str(Path(sys.executable).parent / "ftctl"), "run", "-f", str(path), "--local",
+            "--device", "cpu", "--metrics-port", "0", "--work-dir", str(work / prefix)]  # fmt: skip
+    env = {**os.environ, **s3.env(), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    out = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise RuntimeError(f"ftctl run failed ({done.returncode}):\n{out[-3000:]}")
+    rate = float(re.findall(r"step \d+/\d+ .*?\| ([0-9.]+) samples/s", out)[-1])
+    checkpoints = [(int(s), float(u), float(p)) for s, u, p in COMMITTED.findall(out)]
+    return {"rate": rate, "checkpoints": checkpoints}
+
+
+def upload_rates(s3: S3Server, work: Path, rounds: int) -> tuple[float, float, int]:
+    """MB/s of the trainer's store and of plain boto3 for the newest checkpoint's files."""
+    from finetune_api.types import S3Spec
+    from finetune_trainer.checkpoint import CheckpointStore
+
+    client = s3.client()
+    listed = client.list_objects_v2(Bucket="ckpt", Prefix="with/")["Contents"]
+    folder = max({o["Key"].split("/")[1] for o in listed if "/step-" in "/" + o["Key"]})
+    local = work / "files"
+    for o in listed:
+        if o["Key"].startswith(f"with/{folder}/") and not o["Key"].endswith(".json"):
+            target = local / o["Key"].removeprefix(f"with/{folder}/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file("ckpt", o["Key"], str(target))
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in files)
+    os.environ.update(s3.env())
+    spec = S3Spec(endpoint=s3.endpoint, force_path_style=True)
+    ours: list[float] = []
+    plain: list[float] = []
+    for i in range(rounds):
+        for which in ("ours", "plain") if i % 2 == 0 else ("plain", "ours"):
+            began = time.monotonic()
+            if which == "ours":
+                CheckpointStore(f"s3://ckpt/up-ours-{i}", spec).commit(local, 1000 + i)
+                ours.append(size / (time.monotonic() - began) / 1e6)
+            else:
+                for p in files:
+                    client.upload_file(str(p), "ckpt", f"up-plain-{i}/{p.relative_to(local)}")
+                plain.append(size / (time.monotonic() - began) / 1e6)
+    return statistics.mean(ours), statistics.mean(plain), size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--every", type=int, default=50, help="steps between checkpoints")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        s3 = S3Server(work / "s3", free_port())
+        (work / "s3").mkdir()
+        s3.start()
+        try:
+            s3.client().create_bucket(Bucket="ckpt")
+            results: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+            for i in range(args.rounds):
+                for name in ("without", "with") if i % 2 == 0 else ("with", "without"):
+                    every = args.steps * 10 if name == "without" else args.every
+                    got = run(s3, work, args.steps, every, name)
+                    results[name].append(got)
+                    print(f"# round {i + 1}: {name}: {got}", flush=True)
+            ours, plain, size = upload_rates(s3, work, 3)
+        finally:
+            s3.stop()
+    report(results, args, ours, plain, size)
+
+
+def report(
+    results: dict[str, list[dict[str, Any]]],
+    args: argparse.Namespace,
+    ours: float,
+    plain: float,
+    size: int,
+) -> None:
+    seconds = {n: statistics.mean(args.steps * BATCH / r["rate"] for r in rs)
+               for n, rs in results.items()}  # fmt: skip
+    inside = [c for r in results["with"] for c in r["checkpoints"] if c[0] < args.steps]
+    per_run = len(inside) / len(results["with"])
+    lost = (seconds["with"] - seconds["without"]) / per_run
+    pause = statistics.mean(c[2] for c in inside)
+    upload = statistics.mean(c[1] for c in inside)
+    print(f"\n{args.steps} steps, a checkpoint every {args.every} ({per_run:.0f} inside the "
+          f"measured steps), {size / 1e6:.0f} MB each, {args.rounds} rounds\n")  # fmt: skip
+    print("| | seconds |\n|---|---|")
+    print(f"| training time, no checkpoint | {seconds['without']:.1f} |")
+    print(f"| training time, checkpoints uploaded in the background | {seconds['with']:.1f} |")
+    print(f"| lost per checkpoint, background upload | {lost:.2f} |")
+    print(f"| of which the snapshot pause | {pause:.2f} |")
+    print(f"| lost per checkpoint, blocking upload (pause + upload) | {pause + upload:.2f} |")
+    print("\n| upload of one checkpoint | MB/s |\n|---|---|")
+    print(f"| the trainer's store (commit, with sha256 and manifest) | {ours:.0f} |")
+    print(f"| boto3 upload_file, defaults | {plain:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
