@@ -112,7 +112,7 @@ images: node-deps
 
 test: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin prometheus-bin node-bin images \
       lint check-generated
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" --durations=25
 
 # The end-to-end tests alone: real nodes, images built from the Dockerfiles.
 e2e: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin prometheus-bin node-bin images
