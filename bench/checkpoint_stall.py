@@ -83,12 +83,12 @@ def upload_rates(s3: S3Server, work: Path, rounds: int) -> tuple[float, float, i
     from finetune_trainer.checkpoint import CheckpointStore
 
     client = s3.client()
-    listed = client.list_objects_v2(Bucket="ckpt", Prefix="with/")["Contents"]
+    listed = client.list_objects_v2(Bucket="ckpt", Prefix="with-0/")["Contents"]
     folder = max({o["Key"].split("/")[1] for o in listed if "/step-" in "/" + o["Key"]})
     local = work / "files"
     for o in listed:
-        if o["Key"].startswith(f"with/{folder}/") and not o["Key"].endswith(".json"):
-            target = local / o["Key"].removeprefix(f"with/{folder}/")
+        if o["Key"].startswith(f"with-0/{folder}/") and not o["Key"].endswith(".json"):
+            target = local / o["Key"].removeprefix(f"with-0/{folder}/")
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file("ckpt", o["Key"], str(target))
     files = sorted(p for p in local.rglob("*") if p.is_file())
@@ -127,7 +127,7 @@ def main() -> None:
             for i in range(args.rounds):
                 for name in ("without", "with") if i % 2 == 0 else ("with", "without"):
                     every = args.steps * 10 if name == "without" else args.every
-                    got = run(s3, work, args.steps, every, name)
+                    got = run(s3, work, args.steps, every, f"{name}-{i}")
                     results[name].append(got)
                     print(f"# round {i + 1}: {name}: {got}", flush=True)
             ours, plain, size = upload_rates(s3, work, 3)
