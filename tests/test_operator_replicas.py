@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controlplane import wait_for
+from controlplane import free_port, wait_for
 
 from finetune_api import names as c
 from finetune_api.exits import ExitCode
@@ -37,6 +37,21 @@ def test_the_lease_rules() -> None:
     assert not may_hold("b", "a", 14.9, 15.0)  # b renewed within the lease
     assert may_hold("b", "a", 15.0, 15.0)  # b has not renewed for a whole lease
     assert Timing(15.0).renew_deadline < 15.0  # a leader stops before anyone may take over
+
+
+def test_an_unreachable_api_is_a_missed_renewal_not_a_dead_election_thread() -> None:
+    """Nothing listens on the port: the try fails quietly, so a leader's renew deadline
+    (not a crashed thread) decides what happens next."""
+    from kubernetes import client
+
+    from finetune_operator.leader import Elector
+
+    cfg = client.Configuration()
+    cfg.host = f"http://127.0.0.1:{free_port()}"
+    cfg.retries = 0
+    elector = Elector(client.ApiClient(cfg), "ns", "lease", "me", Timing(3.0))
+    assert elector._try() is False
+    assert not elector.reached_api.is_set()
 
 
 @dataclass

@@ -114,7 +114,9 @@ class Elector:
             if e.status != 409:  # 409: another replica wrote first
                 log.warning("lease %s/%s: %s", self.namespace, self.name, e.reason)
             return False
-        except OSError as e:
+        except Exception as e:  # the API unreachable (urllib3's errors are not OSErrors):
+            # not renewed, so a leader stops at its renew deadline rather than this
+            # thread dying while the controller goes on reconciling.
             log.warning("lease %s/%s: %s", self.namespace, self.name, e)
             return False
 
@@ -166,5 +168,5 @@ class Elector:
             lease["spec"]["renewTime"] = _micro_time()
             self.coordination.replace_namespaced_lease(self.name, self.namespace, lease)
             log.info("released lease %s/%s", self.namespace, self.name)
-        except (ApiException, OSError) as e:
+        except Exception as e:  # stopping anyway: the lease then expires by itself
             log.warning("could not release lease %s/%s: %s", self.namespace, self.name, e)
