@@ -24,19 +24,17 @@ import argparse
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "cluster"), str(ROOT / "tests")]
 
 from controlplane import free_port  # noqa: E402
+from trainer_vs_recipe import ftctl_local, samples_per_second  # noqa: E402
 
 from s3.server import S3Server  # noqa: E402
 from trainer_support import minilm_dir, mrpc_train_only  # noqa: E402
@@ -63,16 +61,8 @@ def run(s3: S3Server, work: Path, steps: int, every: int, prefix: str) -> dict[s
             "checkpoints": {"uri": f"s3://ckpt/{prefix}", "saveSteps": every, "saveTotalLimit": 2},
         },
     }  # fmt: skip
-    path = work / f"{prefix}.yaml"
-    path.write_text(yaml.safe_dump(job))
-    argv = [str(Path(sys.executable).parent / "ftctl"), "run", "-f", str(path), "--local",
-            "--device", "cpu", "--metrics-port", "0", "--work-dir", str(work / prefix)]  # fmt: skip
-    env = {**os.environ, **s3.env(), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    out = done.stdout + done.stderr
-    if done.returncode != 0:
-        raise RuntimeError(f"ftctl run failed ({done.returncode}):\n{out[-3000:]}")
-    rate = float(re.findall(r"step \d+/\d+ .*?\| ([0-9.]+) samples/s", out)[-1])
+    out = ftctl_local(job, work, prefix, s3.env())
+    rate = samples_per_second(out)
     checkpoints = [(int(s), float(u), float(p)) for s, u, p in COMMITTED.findall(out)]
     return {"rate": rate, "checkpoints": checkpoints}
 

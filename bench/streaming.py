@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,12 +28,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "cluster"), str(ROOT / "tests")]
 
 from controlplane import free_port  # noqa: E402
+from trainer_vs_recipe import ftctl_local, samples_per_second  # noqa: E402
 
 from finetune_api.types import FineTuneJobSpec  # noqa: E402
 from finetune_trainer.batching import WINDOW, grouped_by, plan_steps  # noqa: E402
@@ -112,16 +109,7 @@ def training_rate(s3: S3Server, work: Path) -> float:
     job = {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob",
            "metadata": {"name": "streaming"}, "spec": spec(s3)}  # fmt: skip
     job["spec"]["training"].update(maxSteps=100, loggingSteps=10_000, learningRate=5e-5)
-    path = work / "job.yaml"
-    path.write_text(yaml.safe_dump(job))
-    argv = [str(Path(sys.executable).parent / "ftctl"), "run", "-f", str(path), "--local",
-            "--device", "cpu", "--metrics-port", "0", "--work-dir", str(work / "run")]  # fmt: skip
-    env = {**os.environ, **s3.env(), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    out = done.stdout + done.stderr
-    if done.returncode != 0:
-        raise RuntimeError(f"ftctl run failed ({done.returncode}):\n{out[-3000:]}")
-    return float(re.findall(r"step \d+/\d+ .*?\| ([0-9.]+) samples/s", out)[-1])
+    return samples_per_second(ftctl_local(job, work, "run", s3.env()))
 
 
 def main() -> None:

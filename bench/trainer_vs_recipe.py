@@ -104,20 +104,32 @@ def ours(
                 "output": {"uri": str(work / "model")},
             },
         }
-        path = work / "job.yaml"
-        path.write_text(yaml.safe_dump(job))
-        ftctl = str(Path(sys.executable).parent / "ftctl")
-        argv = [ftctl, "run", "--local", "-f", str(path), "--device", "cpu",
-                "--metrics-port", "0", "--work-dir", str(work / "run")]  # fmt: skip
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-        out = done.stdout + done.stderr
-        if done.returncode != 0:
-            raise RuntimeError(f"ftctl run failed ({done.returncode}):\n{out[-3000:]}")
-    rates = re.findall(r"step \d+/\d+ .*?\| ([0-9.]+) samples/s", out)
+        out = ftctl_local(job, work, "run")
     evals = re.findall(r"eval at step \d+ \| accuracy ([0-9.]+) f1 ([0-9.]+)", out)
     scores = (float(evals[-1][0]), float(evals[-1][1])) if evals else (0.0, 0.0)
-    return float(rates[-1]), scores
+    return samples_per_second(out), scores
+
+
+def ftctl_local(
+    job: dict[str, Any], work: Path, name: str, env: dict[str, str] | None = None
+) -> str:
+    """`ftctl run --local` of `job` on the CPU, as users run it (scratch in work/name):
+    its output. The other benches run our trainer through this too."""
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    argv = [str(Path(sys.executable).parent / "ftctl"), "run", "--local", "-f", str(path),
+            "--device", "cpu", "--metrics-port", "0", "--work-dir", str(work / name)]  # fmt: skip
+    full = {**os.environ, **(env or {}), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=full, check=False)
+    out = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise RuntimeError(f"ftctl run failed ({done.returncode}):\n{out[-3000:]}")
+    return out
+
+
+def samples_per_second(out: str) -> float:
+    """The training loop's rate, from the last progress line of a run's output."""
+    return float(re.findall(r"step \d+/\d+ .*?\| ([0-9.]+) samples/s", out)[-1])
 
 
 @functools.cache
@@ -214,10 +226,11 @@ def main() -> None:
         unknown = set(args.only) - set(KEYS.values())
         if unknown:
             parser.error(f"--only: unknown {sorted(unknown)}; choose from {list(KEYS.values())}")
-        keep = set(args.only) | ({"recipe"} if not args.no_recipe else set())
-        runs = {n: f for n, f in runs.items() if KEYS[n] in keep}
-    if args.no_recipe and not args.full:
-        parser.error("--no-recipe: only with --full (--quick needs the recipe for its ratios)")
+        runs = {n: f for n, f in runs.items() if KEYS[n] in {*args.only, "recipe"}}
+    if args.no_recipe:
+        if not args.full:
+            parser.error("--no-recipe: only with --full (--quick needs the recipe for its ratios)")
+        runs = {n: f for n, f in runs.items() if KEYS[n] != "recipe"}
     results = {name: Result() for name in runs}
     seeds = args.seeds if args.full else [42] * args.rounds
     for i, seed in enumerate(seeds):
