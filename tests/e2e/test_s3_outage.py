@@ -24,7 +24,7 @@ from finetune_api import names as c
 from trainer_support import committed_steps, iter_s3_keys, put_mrpc
 
 STEPS = 400
-BUDGET = 60
+BUDGET = 30
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_s3_outages_are_waited_out_and_a_longer_one_restarts_the_gang(
     own_s3.stop()
     cluster.create_job(namespace, job)
     in_log(cluster, namespace, "S3 reach s3://ckpt/outage failed")
-    outage_held(cluster, namespace, 20)
+    outage_held(cluster, namespace, 10)
     own_s3.start()
     in_log(cluster, namespace, f"step 10/{STEPS}")
 
@@ -108,7 +108,7 @@ def test_s3_outages_are_waited_out_and_a_longer_one_restarts_the_gang(
     for pid in workers:
         os.kill(pid, signal.SIGCONT)  # type: ignore[arg-type]
     in_log(cluster, namespace, "S3 upload s3://ckpt/outage/step-000000050/")
-    outage_held(cluster, namespace, 20)
+    outage_held(cluster, namespace, 10)
     own_s3.start()
 
     # 3. Down for longer than the budget: the attempt ends retryable.
