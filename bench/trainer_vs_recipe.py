@@ -8,7 +8,8 @@ hyper-parameters (global batch 8, lr 5e-5), same number of optimizer steps:
 - tuned: the `Trainer` as a strong user tunes it (length-grouped sampling, bf16 where the
   CPU has it in hardware, a dataloader worker);
 - ours: `ftctl run --local -f job.yaml`, the way users run our trainer: by default one
-  process on every core, and with `processesPerNode: 2`.
+  process on every core (`precision: auto`: bf16 where the CPU has it in hardware), and
+  each lever on its own: `groupByLength: false`, `precision: fp32`, `processesPerNode: 2`.
 
 `--quick` runs a fixed number of steps for throughput; `--full` runs 3 epochs per seed and
 adds dev accuracy and F1. Rounds alternate which runs first. Samples/s are each trainer's
@@ -72,7 +73,7 @@ def hf_trainer(tuned: bool, steps: int | None, seed: int) -> tuple[float, tuple[
 
 
 def ours(
-    procs: int | None, steps: int | None, seed: int, grouped: bool = True
+    procs: int | None, steps: int | None, seed: int, grouped: bool = True, precision: str = "auto"
 ) -> tuple[float, tuple[float, float]]:
     """`ftctl run --local` of the same job (`procs`: its processesPerNode, None for the
     default): its samples/s and final dev accuracy/F1."""
@@ -87,6 +88,7 @@ def ours(
             "loggingSteps": 10_000,
             "seed": seed,
             "groupByLength": grouped,
+            "precision": precision,
         }
         if steps:
             training["maxSteps"] = steps
@@ -186,6 +188,7 @@ KEYS = {
     "recipe (Trainer, fp32)": "recipe",
     "tuned Trainer": "tuned",
     "ours, groupByLength false": "ours-1-ungrouped",
+    "ours, precision fp32": "ours-1-fp32",
     "ours (default: 1 process)": "ours-1",
     "ours, processesPerNode 2": "ours-2",
 }
@@ -214,6 +217,7 @@ def main() -> None:
         "recipe (Trainer, fp32)": lambda s: hf_trainer(False, steps, s),
         "tuned Trainer": lambda s: hf_trainer(True, steps, s),
         "ours, groupByLength false": lambda s: ours(None, steps, s, grouped=False),
+        "ours, precision fp32": lambda s: ours(None, steps, s, precision="fp32"),
         "ours (default: 1 process)": lambda s: ours(None, steps, s),
         "ours, processesPerNode 2": lambda s: ours(2, steps, s),
     }
@@ -221,6 +225,7 @@ def main() -> None:
         "recipe (Trainer, fp32)": "random",
         "tuned Trainer": "grouped",
         "ours, groupByLength false": "random",
+        "ours, precision fp32": "windows",
         "ours (default: 1 process)": "windows",
         "ours, processesPerNode 2": "windows-two-ranks",
     }

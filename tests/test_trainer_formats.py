@@ -348,6 +348,9 @@ def full_batch_job(tiny_model: Path, work: Path, dataset: dict[str, Any], **mode
             "warmupRatio": 0.0,
             "evalStrategy": "epoch",
             "loggingSteps": 1,
+            # Sums in another order must agree to one answer in 200: fp32, not the bf16
+            # autocast that `auto` picks on a CPU with bf16 instructions.
+            "precision": "fp32",
         },
         "resources": {"nodes": 1, "gpusPerNode": 1},
         "checkpoints": {"uri": f"file://{work}/ckpt"},

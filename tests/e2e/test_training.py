@@ -65,8 +65,13 @@ def test_kubectl_apply_trains_a_two_node_job_to_succeeded(
 ) -> None:
     began = time.time()
     job_file = tmp_path / "job.yaml"
-    job = mrpc_job("mrpc", numTrainEpochs=2)
+    # Long enough for Prometheus (1 s scrapes) to hold 20+ points of the loss on a fast
+    # CPU too: 2 epochs of the tiny model gave only 18 on one.
+    job = mrpc_job("mrpc", numTrainEpochs=3)
     job["spec"]["resources"]["cpu"] = "1"  # the trainer sizes its threads by this limit
+    # The loss of the tiny random model must fall by 0.1: in fp32 on every CPU, not the
+    # bf16 autocast `auto` picks on CPUs with bf16 instructions (docs/trainer.md, Precision).
+    job["spec"]["training"]["precision"] = "fp32"
     job_file.write_text(yaml.safe_dump(job))
     cluster.kubectl("apply", "-n", namespace, "-f", str(job_file))
 
