@@ -349,7 +349,7 @@ def full_batch_job(tiny_model: Path, work: Path, dataset: dict[str, Any], **mode
             "evalStrategy": "epoch",
             "loggingSteps": 1,
             # Sums in another order must agree to one answer in 200: fp32, not the bf16
-            # autocast that `auto` picks on a CPU with bf16 instructions.
+            # autocast that `auto` picks on a CPU with AMX.
             "precision": "fp32",
         },
         "resources": {"nodes": 1, "gpusPerNode": 1},

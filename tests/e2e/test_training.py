@@ -70,7 +70,7 @@ def test_kubectl_apply_trains_a_two_node_job_to_succeeded(
     job = mrpc_job("mrpc", numTrainEpochs=3)
     job["spec"]["resources"]["cpu"] = "1"  # the trainer sizes its threads by this limit
     # The loss of the tiny random model must fall by 0.1: in fp32 on every CPU, not the
-    # bf16 autocast `auto` picks on CPUs with bf16 instructions (docs/trainer.md, Precision).
+    # bf16 autocast `auto` picks on CPUs with AMX (docs/trainer.md, Precision).
     job["spec"]["training"]["precision"] = "fp32"
     job_file.write_text(yaml.safe_dump(job))
     cluster.kubectl("apply", "-n", namespace, "-f", str(job_file))

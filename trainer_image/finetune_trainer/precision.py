@@ -1,10 +1,10 @@
 """Which numeric precision training runs in, from spec.training.precision and the hardware.
 
-On GPUs, `auto` is bf16 where the GPU supports it. On CPUs, `auto` is bf16 autocast where
-the CPU computes bf16 in hardware (the avx512_bf16 or AMX instructions): there a
-MiniLM step ran 1.1-1.4x faster than fp32 with the same accuracy (docs/benchmarks.md).
-Without them bf16 is emulated and slower than fp32, so `auto` stays fp32 and an explicit
-`bf16` is refused at start; fp16 needs a GPU.
+On GPUs, `auto` is bf16 where the GPU supports it. On CPUs, `auto` is bf16 autocast only
+with AMX (bf16 matrix tiles): on a CPU with avx512_bf16 but no AMX our MiniLM training ran
+at 0.68x of fp32 in bf16 autocast (docs/benchmarks.md), so `auto` stays fp32 there, and an
+explicit `bf16` is allowed. Without any bf16 instructions bf16 is emulated and slower
+still, so an explicit `bf16` is refused at start; fp16 needs a GPU.
 """
 
 from __future__ import annotations
@@ -34,7 +34,16 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     return any(f in flags for f in BF16_FLAGS) or "bf16" in flags  # Arm: "bf16"
 
 
-def mixed_precision(precision: str, cuda: bool, gpu_bf16: bool, cpu_bf16: bool) -> str:
+def cpu_has_amx(cpuinfo: str | None = None) -> bool:
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.exists() else ""
+    return "amx_bf16" in cpu_flags(cpuinfo)
+
+
+def mixed_precision(
+    precision: str, cuda: bool, gpu_bf16: bool, cpu_bf16: bool, cpu_amx: bool = False
+) -> str:
     """accelerate's mixed_precision ("no", "bf16" or "fp16") for spec.training.precision."""
     if precision == "fp32":
         return "no"
@@ -43,7 +52,7 @@ def mixed_precision(precision: str, cuda: bool, gpu_bf16: bool, cpu_bf16: bool) 
             return "bf16" if gpu_bf16 else "no"
         return precision
     if precision == "auto":
-        return "bf16" if cpu_bf16 else "no"
+        return "bf16" if cpu_amx else "no"
     if precision == "fp16":
         raise PermanentError(
             "spec.training.precision: fp16 needs a GPU and none is visible; use auto, bf16 or fp32"
