@@ -8,7 +8,7 @@ hyper-parameters (global batch 8, lr 5e-5), same number of optimizer steps:
 - tuned: the `Trainer` as a strong user tunes it (length-grouped sampling, bf16 where the
   CPU has it in hardware, a dataloader worker);
 - ours: `ftctl run --local -f job.yaml`, the way users run our trainer: by default one
-  process on every core (`precision: auto`: bf16 where the CPU has it in hardware), and
+  process on every core (`precision: auto`: bf16 only on CPUs with AMX), and
   each lever on its own: `groupByLength: false`, `precision: fp32`, `processesPerNode: 2`.
 
 `--quick` runs a fixed number of steps for throughput; `--full` runs 3 epochs per seed and

@@ -26,19 +26,19 @@ def cpu_flags(cpuinfo: str) -> set[str]:
     return found
 
 
+def read_cpuinfo() -> str:
+    """/proc/cpuinfo's text, or "" where there is none."""
+    path = Path("/proc/cpuinfo")
+    return path.read_text() if path.exists() else ""
+
+
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        cpuinfo = path.read_text() if path.exists() else ""
-    flags = cpu_flags(cpuinfo)
+    flags = cpu_flags(read_cpuinfo() if cpuinfo is None else cpuinfo)
     return any(f in flags for f in BF16_FLAGS) or "bf16" in flags  # Arm: "bf16"
 
 
 def cpu_has_amx(cpuinfo: str | None = None) -> bool:
-    if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        cpuinfo = path.read_text() if path.exists() else ""
-    return "amx_bf16" in cpu_flags(cpuinfo)
+    return "amx_bf16" in cpu_flags(read_cpuinfo() if cpuinfo is None else cpuinfo)
 
 
 def mixed_precision(

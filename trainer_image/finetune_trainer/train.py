@@ -58,7 +58,7 @@ from .errors import PermanentError
 from .evaluation import Evaluator
 from .metrics import TrainerMetrics
 from .model import load
-from .precision import cpu_has_amx, cpu_has_bf16, describe, mixed_precision
+from .precision import cpu_has_amx, cpu_has_bf16, describe, mixed_precision, read_cpuinfo
 from .schedule import Schedule
 from .state import TrainerState, load_trainer_state, restore, rng_state, save
 from .stopping import GracefulStop, StopRequest, register
@@ -212,8 +212,9 @@ class Run:
                 torch.cuda.device_count(),
             )
         gpu_bf16 = use_cuda and torch.cuda.is_bf16_supported()
+        info = read_cpuinfo()  # read once for both probes
         self.precision = mixed_precision(
-            t.precision, use_cuda, gpu_bf16, cpu_has_bf16(), cpu_has_amx()
+            t.precision, use_cuda, gpu_bf16, cpu_has_bf16(info), cpu_has_amx(info)
         )
         policy = self.spec.run_policy
         # Bounds every collective; the watchdog speaks first during training.
