@@ -9,12 +9,17 @@ about the job (and never a credential) becomes a label.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from finetune_api.metrics import LABELS
 from finetune_api.metrics import Metric as M
+
+from .scrapes import Scrapes, serve
+
+log = logging.getLogger("finetune")
 
 SAVE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -90,6 +95,7 @@ class TrainerMetrics:
             registry=r,
         )
         self._lv = lv
+        self.scrapes = Scrapes()
         # Unknown until the first step: NaN (a gap on a graph), not a 0 read as a value.
         for unknown in (self.train_loss, self.samples_per_second, self.eta_seconds):
             unknown.set(math.nan)
@@ -112,4 +118,11 @@ class TrainerMetrics:
                 )
 
     def serve(self, port: int) -> None:
-        start_http_server(port, addr="0.0.0.0", registry=self.registry)  # noqa: S104
+        serve(self.registry, port, self.scrapes)
+
+    def wait_for_final_reads(self) -> None:
+        """Once training is over: let each regular reader (Prometheus, the operator)
+        read the final values before the pod, and its series, go (scrapes.py)."""
+        missed = self.scrapes.wait_for_final_reads()
+        if missed:
+            log.info("metrics: no final read came from %s", ", ".join(missed))

@@ -478,6 +478,7 @@ class Run:
                 cfg.output_uri,
             )
         self.acc.end_training()
+        self.metrics.wait_for_final_reads()
 
     def _train_step(
         self,
