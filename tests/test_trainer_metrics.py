@@ -11,7 +11,7 @@ from pathlib import Path
 from controlplane import free_port, wait_for
 from prometheus_client import CollectorRegistry, Gauge
 
-from finetune_trainer.scrapes import Scrapes, serve
+from finetune_trainer.scrapes import READERS_KEPT, Scrapes, serve
 from prometheus.server import Prometheus
 from trainer_support import start_nodes, waimai_jsonl, wait_nodes
 
@@ -130,3 +130,13 @@ def test_a_polling_reader_gets_the_final_value_and_a_silent_one_is_named() -> No
     assert "finetune_global_step 600.0" in seen[-1]
     assert missed == ["127.0.0.1 (quiet/1)"]
     assert time.monotonic() - began < 5
+
+
+def test_many_one_off_readers_are_forgotten_before_a_polling_one() -> None:
+    port, _, scrapes = served()
+    for _ in range(2):
+        read(port, "Prometheus/3")
+    for i in range(100):
+        scrapes.record(("10.0.0.1", f"scanner/{i}"))  # as one read by each would
+    assert len(scrapes.readers) <= READERS_KEPT
+    assert scrapes.readers["127.0.0.1", "Prometheus/3"].due() is not None  # still polling

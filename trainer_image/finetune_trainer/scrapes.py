@@ -15,7 +15,6 @@ whole response has been written (WSGI's `close()` of the response body).
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -26,10 +25,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-log = logging.getLogger("finetune")
-
 FINAL_READ_CAP_SECONDS = 60.0
 GAPS_KEPT = 4
+READERS_KEPT = 64  # a bound on memory, whoever connects
 
 
 @dataclass
@@ -61,6 +59,8 @@ class Scrapes:
             now = self.clock()
             reader = self.readers.get(who)
             if reader is None:
+                if len(self.readers) >= READERS_KEPT:  # forget a one-off reader first
+                    del self.readers[min(self.readers, key=self._forgettable)]
                 self.readers[who] = Reader(now)
             else:
                 reader.read(now)
@@ -82,14 +82,23 @@ class Scrapes:
                 waiting = {
                     who: until
                     for who, until in waiting.items()
-                    if self.readers[who].last < since and until > now
+                    if not self._read_since(who, since) and until > now
                 }
                 if not waiting:
                     break
                 self._changed.wait(min(waiting.values()) - now)
             return [
-                f"{a} ({agent})" for a, agent in expected if self.readers[a, agent].last < since
+                f"{a} ({agent})" for a, agent in expected if not self._read_since((a, agent), since)
             ]
+
+    def _forgettable(self, who: tuple[str, str]) -> tuple[bool, float]:
+        reader = self.readers[who]
+        return bool(reader.gaps), reader.last
+
+    def _read_since(self, who: tuple[str, str], since: float) -> bool:
+        """Whether `who` read at `since` or later (never, if it was dropped to bound memory)."""
+        reader = self.readers.get(who)
+        return reader is not None and reader.last >= since
 
 
 class _Quiet(WSGIRequestHandler):
@@ -124,4 +133,7 @@ class _Body:
         return iter(self.body)
 
     def close(self) -> None:
+        close = getattr(self.body, "close", None)
+        if close is not None:
+            close()
         self.sent()
