@@ -35,7 +35,7 @@ from controlplane import free_port  # noqa: E402
 from trainer_vs_recipe import ftctl_local, samples_per_second  # noqa: E402
 
 from finetune_api.types import FineTuneJobSpec  # noqa: E402
-from finetune_trainer.batching import WINDOW, grouped_by, plan_steps  # noqa: E402
+from finetune_trainer.batching import WINDOW, grouped_by, plan_steps, run_size  # noqa: E402
 from finetune_trainer.data.source import Source  # noqa: E402
 from finetune_trainer.data.stream import (  # noqa: E402
     count_units,
@@ -81,7 +81,13 @@ class Pipeline:
             epoch = position.epoch
             shares = [rank_examples(self.index, epoch, SEED, 0, 1)]
             sizes = [p[0] for p in step_allocations(shares, BATCH)]
-            order = grouped_by(lambda items: [len(i) for i in self._tokenize(items)["input_ids"]])
+            order = grouped_by(
+                lambda items: [len(i) for i in self._tokenize(items)["input_ids"]],
+                SEED,
+                epoch,
+                0,
+                run_size(BATCH, 1, True),
+            )
             examples = stream(self.source, self.index, position, SEED, 0, 1)
             skip = step - epoch * self.per_epoch
             for chosen, resume in plan_steps(examples, sizes, position, skip, WINDOW, order):

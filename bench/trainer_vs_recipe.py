@@ -159,19 +159,19 @@ def padding(order: str) -> tuple[float, float]:
         idx = get_length_grouped_indices(lengths, GLOBAL_BATCH, generator=gen)
         size = GLOBAL_BATCH
     elif order.startswith("windows"):
-        from finetune_trainer.batching import WINDOW, group
+        from finetune_trainer.batching import WINDOW, group, run_size
 
         ranks = 2 if order.endswith("two-ranks") else 1
         step = GLOBAL_BATCH // ranks
-        size = step  # examples per forward pass: what is padded
+        size = run_size(step, ranks, True)  # examples per forward pass: what is padded
         idx = list(range(len(lengths)))
         rng.shuffle(idx)
         span = WINDOW * step
         dealt = []
-        for at in range(0, len(idx), span):
+        for w, at in enumerate(range(0, len(idx), span)):
             part = idx[at : at + span]
             sizes = [step] * (len(part) // step) + ([len(part) % step] if len(part) % step else [])
-            steps = group([lengths[i] for i in part], sizes)
+            steps = group([lengths[i] for i in part], sizes, 0, 0, w, 0, size)
             dealt += [part[i] for chosen in steps for i in chosen]
         idx = dealt
     else:

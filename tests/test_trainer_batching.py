@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from finetune_api.types import FineTuneJobSpec
-from finetune_trainer.batching import WINDOW, group, in_order, plan_steps
+from finetune_trainer.batching import WINDOW, group, in_order, plan_steps, run_size
 from finetune_trainer.data import (
     Example,
     Position,
@@ -46,15 +46,17 @@ def length(e: Example) -> int:
     return sum(len(t.split()) for t in e.texts)
 
 
-def by_length(items: list[Example], sizes: list[int], window: int) -> list[list[int]]:
-    return group([length(e) for e in items], sizes)
+def by_length(rank: int) -> Any:
+    return lambda items, sizes, window: group(
+        [length(e) for e in items], sizes, SEED, 0, window, rank, PER_RANK
+    )
 
 
 def epoch_steps(
     mrpc: tuple[Source, Any, list[list[int]]], rank: int, start: Position, skip: int, width: int
 ) -> list[tuple[list[Example], Position]]:
     source, index, plan = mrpc
-    order = by_length if width > 1 else in_order
+    order = by_length(rank) if width > 1 else in_order
     examples = stream(source, index, start, SEED, rank, WORLD)
     return list(plan_steps(examples, [p[rank] for p in plan], start, skip, width, order))
 
@@ -87,28 +89,49 @@ def test_grouped_steps_cover_every_example_once_and_pad_little(
     before, after = padded_fraction(plain[0]), padded_fraction(grouped[0])
     assert before > 0.15, before
     assert after < before / 4, (before, after)
-    # Each window's steps run from its longest examples to its shortest, and the next
-    # window starts long again: a random draw of the data, as the stream's order is.
-    longest = [max(length(e) for e in c) for c, _ in grouped[0]]
-    first, second = longest[:WINDOW], longest[WINDOW : 2 * WINDOW]
-    assert first == sorted(first, reverse=True)
-    assert second == sorted(second, reverse=True)
-    assert second[0] > first[-1] * 2
+    # Not one long sorted run: a window's steps come in a random order of lengths.
+    firsts = [max(length(e) for e in c) for c, _ in grouped[0][:WINDOW]]
+    assert firsts != sorted(firsts, reverse=True)
+    assert firsts != sorted(firsts)
 
 
-def test_a_step_takes_the_next_longest_examples_of_its_window() -> None:
+def test_grouping_is_deterministic_and_differs_by_rank_window_and_epoch() -> None:
+    lengths = [(i * 37) % 61 + 5 for i in range(400)]
+    sizes = [8] * 50
+    once = group(lengths, sizes, SEED, 0, 3, 0, 4)
+    assert once == group(lengths, sizes, SEED, 0, 3, 0, 4)
+    for other in ((SEED, 1, 3, 0), (SEED, 0, 4, 0), (SEED, 0, 3, 1), (7, 0, 3, 0)):
+        assert group(lengths, sizes, *other, 4) != once, other
+    assert sorted(i for step in once for i in step) == list(range(400))
+    with pytest.raises(ValueError, match="401 examples for steps of 400"):
+        group([*lengths, 9], sizes, SEED, 0, 0, 0, 4)
+
+
+def test_a_step_of_two_runs_trains_on_a_long_run_and_a_short_one() -> None:
+    # One process, steps of 8 in forward passes of 4: each pass pads little, and each
+    # step mixes the longer half of the window's examples with the shorter half.
     lengths = [(i * 37) % 61 + 5 for i in range(397)]
     sizes = [8] * 49 + [5]
-    steps = group(lengths, sizes)
-    assert steps == group(lengths, sizes)
+    steps = group(lengths, sizes, SEED, 0, 0, 0, 4)
     assert [len(s) for s in steps] == sizes
-    assert [i for step in steps for i in step] == sorted(range(397), key=lambda i: (-lengths[i], i))
-    for step in steps:  # one micro-batch of nearly one length: little padding
-        assert max(lengths[i] for i in step) - min(lengths[i] for i in step) <= 2
-    # The epoch's last, short step holds the window's shortest examples.
-    assert max(lengths[i] for i in steps[-1]) == min(lengths)
-    with pytest.raises(ValueError, match="398 examples for steps of 397"):
-        group([*lengths, 9], sizes)
+    assert sorted(i for step in steps for i in step) == list(range(397))
+    median = sorted(lengths)[len(lengths) // 2]
+    for step in steps[:-1]:
+        first, second = [lengths[i] for i in step[:4]], [lengths[i] for i in step[4:]]
+        assert min(first) >= median >= max(second), (first, second)
+        assert max(first) - min(first) <= 2
+        assert max(second) - min(second) <= 2
+    # The last, short step holds what is left: a whole run and the one short run.
+    assert len(steps[-1]) == 5
+
+
+def test_a_step_is_split_into_two_passes_only_when_nothing_else_mixes_it() -> None:
+    assert run_size(8, 1, grouped=True) == 4  # one process, one pass per step
+    assert run_size(7, 1, grouped=True) == 4
+    assert run_size(4, 2, grouped=True) == 4  # two ranks: a pass each
+    assert run_size(4, 2, grouped=False) == 4
+    assert run_size(8, 1, grouped=False) == 8  # batches in stream order are mixed
+    assert run_size(1, 1, grouped=True) == 1
 
 
 @pytest.mark.parametrize("stop", [1, 17, WINDOW - 1, WINDOW, WINDOW + 3, 2 * WINDOW + 20])
@@ -127,7 +150,7 @@ def test_a_run_resumed_after_any_step_gets_exactly_the_same_later_steps(
 def test_a_rank_that_ran_dry_gets_empty_steps_without_measuring_nothing() -> None:
     def order(items: list[str], sizes: list[int], window: int) -> list[list[int]]:
         assert items, "asked to order no examples"
-        return group([len(x) for x in items], sizes)
+        return group([len(x) for x in items], sizes, SEED, 0, window, 0, 1)
 
     examples = iter([("bb", 1), ("a", 2), ("ccc", 3)])
     steps = list(plan_steps(examples, [2, 1, 0, 0], 0, 0, 2, order))

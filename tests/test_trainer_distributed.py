@@ -33,7 +33,8 @@ def reference_training(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from finetune_api.types import FineTuneJobSpec
-    from finetune_trainer.batching import WINDOW, grouped_by, in_order, plan_steps
+    from finetune_trainer.batching import WINDOW, grouped_by, in_order, plan_steps, run_size
+    from finetune_trainer.config import batch_sizes
     from finetune_trainer.data import (
         Position,
         Source,
@@ -79,13 +80,15 @@ def reference_training(
     # batched as docs/trainer.md says (length-grouped within windows of steps).
     per_rank = t.per_device_train_batch_size * t.gradient_accumulation_steps
     width = WINDOW if t.group_by_length else 1
+    micro = batch_sizes(parsed, world)[0]
+    run = run_size(micro, world * t.gradient_accumulation_steps, t.group_by_length)
     epoch, done = 0, 0
     while done < steps:
         shares = [rank_examples(index, epoch, t.seed, r, world) for r in range(world)]
         plan = list(step_allocations(shares, per_rank))
         ranks = []
         for r in range(world):
-            order = grouped_by(lengths) if t.group_by_length else in_order
+            order = grouped_by(lengths, t.seed, epoch, r, run) if t.group_by_length else in_order
             examples = stream(source, index, Position(epoch=epoch), t.seed, r, world)
             sizes = [p[r] for p in plan]
             ranks.append(plan_steps(examples, sizes, Position(epoch=epoch), 0, width, order))

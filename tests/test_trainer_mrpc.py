@@ -2,9 +2,9 @@
 
 The plain Hugging Face Trainer recipe (batch 8, lr 5e-5, 3 epochs) reaches about
 0.814 accuracy / 0.870 F1 with this model and data; the test asks for at least that
-with the recipe's seed (42), and prints both. This trainer measured 0.8235 / 0.8776
-with it (length-grouped steps longest first); docs/benchmarks.md compares both over
-several seeds, since one seed of MRPC dev (408 pairs) moves by about a point.
+with the recipe's seed (42), and prints both. This trainer measured 0.8186 / 0.8754
+with it; docs/trainer.md compares both over several seeds, since one seed of MRPC dev
+(408 pairs) moves by about a point.
 """
 
 from __future__ import annotations

@@ -369,9 +369,9 @@ class TrainingSpec(ApiModel):
     group_by_length: bool = Field(
         default=True,
         description=(
-            "Batch examples of similar length together (each process sorts the examples of "
-            "50 steps of its stream, longest first, as transformers' group_by_length does): "
-            "far less padding, the same examples every epoch. false keeps the stream's order."
+            "Batch examples of similar length together (sorted within windows of 50 steps "
+            "of each process's stream, the steps in a seeded random order): far less padding, "
+            "the same examples every epoch. false keeps the stream's order."
         ),
     )
     max_grad_norm: float = Field(

@@ -41,7 +41,7 @@ from finetune_api.checkpoints import Committed, step_dir
 from finetune_api.env import TrainerEnv
 from finetune_api.types import TrainingSpec
 
-from .batching import WINDOW, ShortStream, grouped_by, in_order, plan_steps
+from .batching import WINDOW, ShortStream, grouped_by, in_order, plan_steps, run_size
 from .checkpoint import BackgroundUploader, CheckpointStore
 from .config import TrainerConfig, uses_gpu
 from .data import (
@@ -299,6 +299,11 @@ class Run:
     def _per_rank(self) -> int:
         return self.cfg.micro_batch * self.spec.training.gradient_accumulation_steps
 
+    def _run(self) -> int:
+        t = self.spec.training
+        passes = self.world * t.gradient_accumulation_steps
+        return run_size(self.cfg.micro_batch, passes, t.group_by_length)
+
     def _steps_per_epoch(self, index: DataIndex) -> int:
         # Full global batches (step_allocations): the same for every epoch.
         examples = sum(index.counts.values())
@@ -331,7 +336,7 @@ class Run:
         example count, and the position a checkpoint after it resumes from (see
         batching.py; the stream stands at `start`, the window's beginning)."""
         t = self.spec.training
-        size = self.cfg.micro_batch
+        size = self._run()
 
         def lengths(items: list[Example]) -> list[int]:
             # A window can be empty for a rank that ran dry near the epoch's end.
@@ -339,7 +344,8 @@ class Run:
                 return []
             return [len(ids) for ids in self._tokenize(items, tokenizer)["input_ids"]]
 
-        width, order = (WINDOW, grouped_by(lengths)) if t.group_by_length else (1, in_order)
+        order = grouped_by(lengths, t.seed, start.epoch, self.rank, size)
+        width, order = (WINDOW, order) if t.group_by_length else (1, in_order)
         try:
             for chosen, resume in plan_steps(examples, sizes, start, skip, width, order):
                 micro = [
@@ -487,7 +493,7 @@ class Run:
         rounds with a zero-weight dummy."""
         t, model, optimizer = self.spec.training, sess.model, sess.optimizer
         n_global = sum(alloc)
-        rounds = max(math.ceil(a / self.cfg.micro_batch) for a in alloc)
+        rounds = max(math.ceil(a / self._run()) for a in alloc)
         loss_sum = torch.zeros((), device=self.acc.device)
         tokens = torch.zeros((), device=self.acc.device)
         model.train()
