@@ -124,7 +124,12 @@ def test_gradients_are_synchronised_across_machine_ranks(
         monkeypatch.setenv(key, value)
     steps = 12
     # fp32 on every CPU, as the reference trains (auto is bf16 on CPUs that have it).
-    training = {"maxSteps": steps, "gradientAccumulationSteps": 2, "precision": "fp32"}
+    training = {
+        "maxSteps": steps,
+        "gradientAccumulationSteps": 2,
+        "precision": "fp32",
+        "groupByLength": True,
+    }
     spec = with_s3(mrpc_spec(mrpc_in_s3, "sync", **training), s3)
     nodes = run_nodes(spec, tmp_path / "run", extra=s3.env())
     log = nodes[0].output()
@@ -191,11 +196,12 @@ def test_killed_rank_resumes_exactly_and_skips_a_damaged_checkpoint(
 
     steps = 120
     client = s3.client()
-    straight = with_s3(mrpc_spec(mrpc_in_s3, "straight", maxSteps=steps), s3)
+    # Length-grouped, so a resume lands inside a window of grouped steps.
+    straight = with_s3(mrpc_spec(mrpc_in_s3, "straight", maxSteps=steps, groupByLength=True), s3)
     run_nodes(straight, tmp_path / "straight", extra=s3.env())
     expected = load_weights(download_output(s3, "straight", tmp_path / "expected"))
 
-    spec = with_s3(mrpc_spec(mrpc_in_s3, "killed", maxSteps=steps), s3)
+    spec = with_s3(mrpc_spec(mrpc_in_s3, "killed", maxSteps=steps, groupByLength=True), s3)
     nodes = start_nodes(spec, tmp_path / "attempt-1", extra=s3.env())
     wait_for(lambda: len(committed_steps(client, "killed")) >= 2, 180, "two committed checkpoints")
     victims = nodes[1].workers()

@@ -27,6 +27,7 @@ def test_resume_at_an_epoch_boundary(tiny_model: Path, tmp_path: Path) -> None:
             "learningRate": 1e-3,
             "evalStrategy": "epoch",
             "loggingSteps": 1,
+            "groupByLength": True,
         },
         "checkpoints": {"uri": f"file://{tmp_path}/ckpt", "saveSteps": 1, "saveTotalLimit": 100},
         "output": {"uri": f"file://{tmp_path}/out"},

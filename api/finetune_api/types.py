@@ -367,11 +367,12 @@ class TrainingSpec(ApiModel):
         ),
     )
     group_by_length: bool = Field(
-        default=True,
+        default=False,
         description=(
             "Batch examples of similar length together (sorted within windows of 50 steps "
             "of each process's stream, the steps in a seeded random order): far less padding, "
-            "the same examples every epoch. false keeps the stream's order."
+            "the same examples every epoch, but it can cost accuracy, so it is off by "
+            "default, as in transformers. false keeps the stream's order."
         ),
     )
     max_grad_norm: float = Field(

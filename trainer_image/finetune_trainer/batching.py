@@ -2,7 +2,7 @@
 
 Padding every micro-batch to its longest example wastes compute on pad tokens: on
 MRPC a third of the tokens of randomly mixed batches are padding. With
-`spec.training.groupByLength` (the default) each rank reads the examples of WINDOW
+`spec.training.groupByLength` (off by default) each rank reads the examples of WINDOW
 steps at once, sorts them by length and cuts them into runs, one run per forward
 pass, so each pass pads little. Lengths can go with labels (on MRPC the longest fifth
 of pairs is 79% paraphrases, the shortest 59%), so a step made of one run trains on a
