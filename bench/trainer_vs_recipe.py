@@ -41,17 +41,13 @@ sys.path[:0] = [str(ROOT / "tests" / "cluster"), str(ROOT / "tests"), str(ROOT /
 
 import mrpc_reference  # noqa: E402
 
+from finetune_trainer.precision import cpu_has_amx, cpu_has_bf16  # noqa: E402
 from trainer_support import minilm_dir, mrpc_dataset  # noqa: E402
 
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 GLOBAL_BATCH = 8
 LR = 5e-5
 MAX_LEN = 128
-
-
-def cpu_flag(pattern: str) -> bool:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return bool(re.search(rf"\b({pattern})\b", flags))
 
 
 @dataclass
@@ -66,7 +62,7 @@ def hf_trainer(tuned: bool, steps: int | None, seed: int) -> tuple[float, tuple[
     if tuned:
         tuning = {
             "train_sampling_strategy": "group_by_length",  # transformers 5 (was group_by_length)
-            "bf16": cpu_flag("amx_bf16"),
+            "bf16": cpu_has_amx(),
             "dataloader_num_workers": 1,
         }
     rate, scores = mrpc_reference.train(seed, steps, **tuning)
@@ -250,9 +246,8 @@ def main() -> None:
             print(f"# round {i + 1} seed {seed}: {name}: {rate:.1f} samples/s {scores}", flush=True)
     recipe = results.get("recipe (Trainer, fp32)")
     base = statistics.mean(recipe.samples_per_s) if recipe else None
-    print(f"\nCPU bf16 in hardware: {cpu_flag('avx512_bf16|amx_bf16')}, AMX: "
-          f"{cpu_flag('amx_bf16')}; steps: {steps or '3 epochs'}; "
-          f"runs per column: {len(seeds)}\n")  # fmt: skip
+    print(f"\nCPU bf16 in hardware: {cpu_has_bf16()}, AMX: {cpu_has_amx()}; "
+          f"steps: {steps or '3 epochs'}; runs per column: {len(seeds)}\n")  # fmt: skip
     head = "| run | samples/s | real tokens/s | padding | vs recipe |"
     if args.full:
         head += " dev accuracy | dev F1 |"

@@ -1,7 +1,7 @@
 """Which examples make up each step, within a window of steps of one rank's stream.
 
 Padding every micro-batch to its longest example wastes compute on pad tokens: on
-MRPC a third of the tokens of randomly mixed batches are padding. With
+MRPC a quarter of the tokens of randomly mixed batches of 8 are padding. With
 `spec.training.groupByLength` (off by default) each rank reads the examples of WINDOW
 steps at once, sorts them by length and cuts them into runs, one run per forward
 pass, so each pass pads little. Lengths can go with labels (on MRPC the longest fifth
