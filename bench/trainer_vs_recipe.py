@@ -9,14 +9,16 @@ hyper-parameters (global batch 8, lr 5e-5), same number of optimizer steps:
   worker, bf16 by the rule ours follows: on a CPU only with AMX, since bf16 autocast without
   AMX measured slower than fp32);
 - ours: `ftctl run --local -f job.yaml`, the way users run our trainer: by default one
-  process on every core (`precision: auto`: bf16 only on CPUs with AMX), and
-  each lever on its own: `groupByLength: true`, `precision: fp32`, `processesPerNode: 2`.
+  process on every core, padding-free (`paddingFree: true`: no work on padding outside
+  attention) and `precision: auto` (bf16 only on CPUs with AMX), and each lever on its own:
+  `paddingFree: false`, `groupByLength: true`, `precision: fp32`, `processesPerNode: 2`.
 
 `--quick` runs a fixed number of steps for throughput; `--full` runs 3 epochs per seed and
 adds dev accuracy and F1. Rounds alternate which runs first. Samples/s are each trainer's
 own training-loop rate (model loading excluded for all); real tokens/s multiply it by the
 mean tokens of an MRPC pair; the padding fraction is that of one epoch's batches as each
-batches them. Prints a Markdown table for docs/benchmarks.md.
+batches them (padding-free runs compute padding only inside attention). Prints a Markdown
+table for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -70,7 +72,12 @@ def hf_trainer(tuned: bool, steps: int | None, seed: int) -> tuple[float, tuple[
 
 
 def ours(
-    procs: int | None, steps: int | None, seed: int, grouped: bool = False, precision: str = "auto"
+    procs: int | None,
+    steps: int | None,
+    seed: int,
+    grouped: bool = False,
+    precision: str = "auto",
+    packed: bool = True,
 ) -> tuple[float, tuple[float, float]]:
     """`ftctl run --local` of the same job (`procs`: its processesPerNode, None for the
     default): its samples/s and final dev accuracy/F1."""
@@ -86,6 +93,7 @@ def ours(
             "seed": seed,
             "groupByLength": grouped,
             "precision": precision,
+            "paddingFree": packed,
         }
         if steps:
             training["maxSteps"] = steps
@@ -184,6 +192,7 @@ def padding(order: str) -> tuple[float, float]:
 KEYS = {
     "recipe (Trainer, fp32)": "recipe",
     "tuned Trainer": "tuned",
+    "ours, paddingFree false": "ours-1-padded",
     "ours, groupByLength true": "ours-1-grouped",
     "ours, precision fp32": "ours-1-fp32",
     "ours (default: 1 process)": "ours-1",
@@ -213,6 +222,7 @@ def main() -> None:
     runs: dict[str, Callable[[int], tuple[float, tuple[float, float]]]] = {
         "recipe (Trainer, fp32)": lambda s: hf_trainer(False, steps, s),
         "tuned Trainer": lambda s: hf_trainer(True, steps, s),
+        "ours, paddingFree false": lambda s: ours(None, steps, s, packed=False),
         "ours, groupByLength true": lambda s: ours(None, steps, s, grouped=True),
         "ours, precision fp32": lambda s: ours(None, steps, s, precision="fp32"),
         "ours (default: 1 process)": lambda s: ours(None, steps, s),
@@ -221,6 +231,7 @@ def main() -> None:
     batching = {
         "recipe (Trainer, fp32)": "random",
         "tuned Trainer": "grouped",
+        "ours, paddingFree false": "random",
         "ours, groupByLength true": "windows",
         "ours, precision fp32": "random",
         "ours (default: 1 process)": "random",
@@ -256,7 +267,10 @@ def main() -> None:
     for name, res in results.items():
         mean_tokens, padded = padding(batching[name])
         rate = statistics.mean(res.samples_per_s)
-        row = (f"| {name} | {rate:.1f} | {rate * mean_tokens:.0f} | {padded:.0%} | "
+        pads = f"{padded:.0%}"
+        if name.startswith("ours") and name != "ours, paddingFree false":
+            pads = f"none ({pads} in attention)"
+        row = (f"| {name} | {rate:.1f} | {rate * mean_tokens:.0f} | {pads} | "
                f"{f'{rate / base:.2f}x' if base else '-'} |")  # fmt: skip
         if args.full:
             acc = statistics.mean(a for a, _ in res.scores)

@@ -113,12 +113,14 @@ def assert_same_weights(
     assert moved > 10  # training really changed the weights being compared
 
 
+@pytest.mark.parametrize("padding_free", [True, False], ids=["padding-free", "padded"])
 def test_gradients_are_synchronised_across_machine_ranks(
     s3: Any,
     mrpc_in_s3: dict[str, str],
     tiny_model: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    padding_free: bool,
 ) -> None:
     for key, value in s3.env().items():
         monkeypatch.setenv(key, value)
@@ -129,16 +131,20 @@ def test_gradients_are_synchronised_across_machine_ranks(
         "gradientAccumulationSteps": 2,
         "precision": "fp32",
         "groupByLength": True,
+        "paddingFree": padding_free,
     }
-    spec = with_s3(mrpc_spec(mrpc_in_s3, "sync", **training), s3)
+    job = "sync" if padding_free else "sync-padded"
+    spec = with_s3(mrpc_spec(mrpc_in_s3, job, **training), s3)
     nodes = run_nodes(spec, tmp_path / "run", extra=s3.env())
     log = nodes[0].output()
     started = "training 12 steps on 2 processes (2 nodes, cpu, 1 thread per process)"
-    assert f"{started} in fp32, 32 examples per step" in log
+    packed = ", padding-free" if padding_free else ""
+    assert f"{started} in fp32, 32 examples per step{packed}\n" in log
     # Every rank compared its weights with the others at the end.
     assert re.search(r"parameters identical on all 2 ranks \(sha256 [0-9a-f]{16}\)", log), log
 
-    trained = load_weights(download_output(s3, "sync", tmp_path / "out"))
+    # The reference trains the padded model: padding-free steps must change nothing.
+    trained = load_weights(download_output(s3, job, tmp_path / "out"))
     reference = reference_training(tiny_model, spec, world=2, steps=steps)
     assert_same_weights(trained, reference, load_weights(tiny_model))
 

@@ -375,6 +375,15 @@ class TrainingSpec(ApiModel):
             "default, as in transformers. false keeps the stream's order."
         ),
     )
+    padding_free: bool = Field(
+        default=True,
+        description=(
+            "Train without computing padding: each batch's real tokens run as one row, and "
+            "only attention sees the padded batch. The same arithmetic and data order as "
+            "padded training, with less work. Applies to BERT-family models (model_type "
+            "bert, such as MiniLM); others train padded. false pads every batch."
+        ),
+    )
     max_grad_norm: float = Field(
         default=1.0,
         description="Gradient clipping norm; 0 turns clipping off.",

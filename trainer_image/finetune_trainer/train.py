@@ -41,6 +41,7 @@ from finetune_api.checkpoints import Committed, step_dir
 from finetune_api.env import TrainerEnv
 from finetune_api.types import TrainingSpec
 
+from . import packing
 from .batching import WINDOW, ShortStream, grouped_by, in_order, plan_steps, run_size
 from .checkpoint import BackgroundUploader, CheckpointStore
 from .config import TrainerConfig, uses_gpu
@@ -241,6 +242,7 @@ class Run:
         self.metrics.attempt.set(cfg.attempt)
         self._last_eval_step = -1
         self._samples_window = 0
+        self.packed = False  # padding-free batches (packing.py), set once the model loads
         # SIGTERM: stop after the current step with a checkpoint (stopping.py).
         self.stop = StopRequest(cfg.grace_seconds).install()
         register(cfg.work_dir)
@@ -368,7 +370,19 @@ class Run:
     def _encode(self, chunk: list[Example], tokenizer: Any) -> dict[str, torch.Tensor]:
         enc = dict(self._tokenize(chunk, tokenizer, padding=True, return_tensors="pt"))
         enc["labels"] = torch.tensor([e.label for e in chunk])
-        return enc
+        return packing.pack(enc) if self.packed else enc
+
+    def _pack_if_supported(self, model: Any) -> None:
+        if not self.spec.training.padding_free:
+            return
+        self.packed = packing.enable(model)
+        if not self.packed and self.is_main:
+            log.info(
+                "spec.training.paddingFree: %s (model_type %s) is not a BERT-family model; "
+                "its batches are padded",
+                type(model).__name__,
+                getattr(model.config, "model_type", "unknown"),
+            )
 
     def run(self) -> None:
         cfg, t = self.cfg, self.spec.training
@@ -377,6 +391,7 @@ class Run:
             source = Source(self.spec)
             source.adopt_labels(self.spec.model)
             model, tokenizer = load(self.spec, cfg.work_dir)
+        self._pack_if_supported(model)
         point = self._restore_point()
         if point is not None:
             state, index = load_trainer_state(point[1])
@@ -415,13 +430,14 @@ class Run:
         )
         if self.is_main:
             log.info(
-                "training %d steps on %s (%s, %s) in %s, %d examples per step",
+                "training %d steps on %s (%s, %s) in %s, %d examples per step%s",
                 state.total_steps,
                 _count(self.world, "process", "processes"),
                 _count(cfg.num_nodes, "node", "nodes"),
                 _device_text(self.acc.device.type, cfg.cpu_threads),
                 describe(self.precision),
                 self._per_rank() * self.world,
+                ", padding-free" if self.packed else "",
             )
         started, start_step = time.monotonic(), state.global_step
         dummy = self._encode([Example(("",) * len(self.spec.dataset.text_columns), 0)], tokenizer)
@@ -511,7 +527,7 @@ class Run:
                 self.acc.backward(per_example.sum() * weight)
             if real:  # summed on the device, read once per step below
                 loss_sum += per_example.detach().sum()
-                tokens += batch["attention_mask"].sum()
+                tokens += packing.real_tokens(batch)
         if t.max_grad_norm > 0:
             self.acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
         optimizer.step()

@@ -1,0 +1,109 @@
+"""Padding-free steps (packing.py) against the padded model they replace: the same
+logits, the same gradients, the same real tokens, and a saved model any transformers
+install loads. The tiny BERT has no dropout, so the two are compared exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from finetune_trainer import packing
+
+PAIRS = [
+    ("A short one.", "Two words."),
+    ("A much longer first sentence with many more words than the others.", "And a reply."),
+    ("Middle length sentence here.", "Its partner sentence, a little longer than that."),
+]
+
+
+def load(model_dir: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    return (
+        AutoModelForSequenceClassification.from_pretrained(model_dir),
+        AutoTokenizer.from_pretrained(model_dir),
+    )
+
+
+def padded_batch(tokenizer: Any) -> dict[str, torch.Tensor]:
+    firsts, seconds = zip(*PAIRS, strict=True)
+    batch = dict(tokenizer(list(firsts), list(seconds), padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor([0, 1, 1])
+    return batch
+
+
+def test_a_packed_batch_is_its_real_tokens_in_one_row(tiny_model: Path) -> None:
+    _, tokenizer = load(tiny_model)
+    batch = padded_batch(tokenizer)
+    lengths = batch["attention_mask"].sum(1).tolist()
+    assert len(set(lengths)) == 3  # three lengths, so two of the rows are padded
+
+    packed = packing.pack(batch)
+
+    rows = zip(batch["input_ids"].tolist(), lengths, strict=True)
+    assert packed["input_ids"].tolist() == [[i for ids, n in rows for i in ids[:n]]]
+    # Positions count from 0 in each example, as a padded forward numbers them.
+    assert packed["position_ids"].tolist() == [[p for n in lengths for p in range(n)]]
+    assert packed["token_type_ids"].shape == packed["input_ids"].shape
+    assert packed["labels"].tolist() == [0, 1, 1]
+    assert int(packing.real_tokens(packed)) == sum(lengths)
+    assert int(packing.real_tokens(batch)) == sum(lengths)
+
+
+def test_packed_logits_and_gradients_are_the_padded_models(tiny_model: Path) -> None:
+    padded_model, tokenizer = load(tiny_model)
+    packed_model, _ = load(tiny_model)
+    assert packing.enable(packed_model)
+    batch = padded_batch(tokenizer)
+    labels = batch.pop("labels")
+
+    def step(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        model.zero_grad()
+        logits = model(**inputs).logits
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        return logits.detach()
+
+    expected = step(padded_model, batch)
+    torch.testing.assert_close(step(packed_model, packing.pack(batch)), expected)
+    grads = dict(padded_model.named_parameters())
+    for name, param in packed_model.named_parameters():
+        assert param.grad is not None, name
+        torch.testing.assert_close(param.grad, grads[name].grad, msg=name)
+    # Evaluation feeds padded batches to the same model: transformers' attention.
+    with torch.no_grad():
+        torch.testing.assert_close(packed_model(**batch).logits, expected)
+
+
+def test_the_saved_model_loads_without_the_trainer(tiny_model: Path, tmp_path: Path) -> None:
+    model, _ = load(tiny_model)
+    assert packing.enable(model)
+    model.save_pretrained(tmp_path / "out", safe_serialization=True)
+    assert packing.NAME not in (tmp_path / "out" / "config.json").read_text()
+    reloaded, _ = load(tmp_path / "out")
+    assert reloaded.config._attn_implementation != packing.NAME
+
+
+@pytest.mark.parametrize("model_type", ["distilbert", "roberta"])
+def test_other_models_are_left_padded(model_type: str) -> None:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=64,
+        hidden_size=16,
+        dim=16,
+        hidden_dim=32,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        n_layers=1,
+        num_attention_heads=2,
+        n_heads=2,
+    )
+    model = AutoModelForSequenceClassification.from_config(config)
+    before = model.config._attn_implementation
+
+    assert not packing.enable(model)
+    assert model.config._attn_implementation == before
