@@ -107,3 +107,15 @@ def test_other_models_are_left_padded(model_type: str) -> None:
 
     assert not packing.enable(model)
     assert model.config._attn_implementation == before
+
+
+def test_a_bert_that_brings_its_own_code_is_left_padded(tiny_model: Path) -> None:
+    from transformers import BertForSequenceClassification
+
+    class OwnCode(BertForSequenceClassification):  # as trustRemoteCode would load one
+        pass
+
+    model = OwnCode.from_pretrained(tiny_model)
+    assert model.config.model_type == "bert"
+    assert not packing.enable(model)
+    assert model.config._attn_implementation != packing.NAME

@@ -34,10 +34,14 @@ MODEL_TYPES = frozenset({"bert"})
 
 
 def supports(model: Any) -> bool:
-    """Whether `model` can train padding-free (see the module docstring)."""
+    """Whether `model` can train padding-free (see the module docstring): transformers'
+    own BERT code, not a model that brings its own (trustRemoteCode) under that name."""
     config = getattr(model, "config", None)
     encoder = getattr(getattr(model, "base_model", None), "encoder", None)
-    return getattr(config, "model_type", None) in MODEL_TYPES and encoder is not None
+    own_code = not type(model).__module__.startswith("transformers.")
+    return (
+        getattr(config, "model_type", None) in MODEL_TYPES and encoder is not None and not own_code
+    )
 
 
 def enable(model: Any) -> bool:
@@ -50,6 +54,8 @@ def enable(model: Any) -> bool:
     AttentionInterface.register(NAME, _attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)  # padded calls: SDPA's mask
     model.set_attn_implementation(NAME)
+    if model.config._attn_implementation != NAME:  # refused (transformers logs why)
+        return False
     model.base_model.encoder.register_forward_hook(_repad, with_kwargs=True)
     return True
 
