@@ -378,8 +378,8 @@ class Run:
         self.packed = packing.enable(model)
         if not self.packed and self.is_main:
             log.info(
-                "spec.training.paddingFree: %s (model_type %s) is not a BERT-family model; "
-                "its batches are padded",
+                "spec.training.paddingFree: %s (model_type %s) is not transformers' own "
+                "BERT-family code; its batches are padded",
                 type(model).__name__,
                 getattr(model.config, "model_type", "unknown"),
             )
