@@ -38,10 +38,8 @@ def supports(model: Any) -> bool:
     own BERT code, not a model that brings its own (trustRemoteCode) under that name."""
     config = getattr(model, "config", None)
     encoder = getattr(getattr(model, "base_model", None), "encoder", None)
-    own_code = not type(model).__module__.startswith("transformers.")
-    return (
-        getattr(config, "model_type", None) in MODEL_TYPES and encoder is not None and not own_code
-    )
+    builtin = type(model).__module__.startswith("transformers.")
+    return getattr(config, "model_type", None) in MODEL_TYPES and encoder is not None and builtin
 
 
 def enable(model: Any) -> bool:
@@ -87,13 +85,16 @@ def real_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return mask.sum()
 
 
+def _scatter(tokens: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[tokens, ...] -> [batch, length, ...]: each token at its place, zeros at padding."""
+    batch, length = mask.shape
+    grid = tokens.new_zeros(batch * length, *tokens.shape[1:]).index_copy(0, index, tokens)
+    return grid.view(batch, length, *tokens.shape[1:])
+
+
 def _grid(row: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[1, heads, tokens, width] -> [batch, heads, length, width], zeros at padding."""
-    batch, length = mask.shape
-    heads, width = row.shape[1], row.shape[3]
-    flat = row.new_zeros(batch * length, heads, width)
-    flat = flat.index_copy(0, index, row[0].transpose(0, 1))
-    return flat.view(batch, length, heads, width).transpose(1, 2)
+    return _scatter(row[0].transpose(0, 1), index, mask).transpose(1, 2)
 
 
 def _attention(
@@ -134,8 +135,5 @@ def _repad(module: torch.nn.Module, args: Any, kwargs: dict[str, Any], output: A
     index, mask = kwargs.get("packed_index"), kwargs.get("packed_mask")
     if index is None or mask is None:
         return None
-    row = output.last_hidden_state[0]
-    batch, length = mask.shape
-    grid = row.new_zeros(batch * length, row.shape[-1]).index_copy(0, index, row)
-    output.last_hidden_state = grid.view(batch, length, row.shape[-1])
+    output.last_hidden_state = _scatter(output.last_hidden_state[0], index, mask)
     return output
