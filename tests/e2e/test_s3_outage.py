@@ -121,12 +121,18 @@ def test_s3_outages_are_waited_out_and_a_longer_one_restarts_the_gang(
         return status if status.get("attempt", 1) >= 2 else None
 
     wait_for(second_attempt, BUDGET + 240, "attempt 2")
-    failed = [
-        e.message or ""
-        for e in cluster.core.list_namespaced_event(namespace).items
-        if e.involved_object.kind == c.KIND and e.reason == c.Reason.POD_FAILED
-    ]
-    assert any(f"spec.s3.retrySeconds: {BUDGET}" in m for m in failed), failed
+
+    def outage_reported() -> list[str]:
+        # The event is posted just after the status that starts attempt 2.
+        return [
+            e.message or ""
+            for e in cluster.core.list_namespaced_event(namespace).items
+            if e.involved_object.kind == c.KIND
+            and e.reason == c.Reason.POD_FAILED
+            and f"spec.s3.retrySeconds: {BUDGET}" in (e.message or "")
+        ]
+
+    wait_for(outage_reported, 30, "the PodFailed event naming spec.s3.retrySeconds")
     own_s3.start()
     final = wait_for(lambda: ended(cluster, namespace, "outage"), 900, "the job to end")
     assert final["phase"] == "Succeeded", final
