@@ -4,6 +4,7 @@ install loads. The tiny BERT has no dropout, so the two are compared exactly."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def test_a_packed_batch_is_its_real_tokens_in_one_row(tiny_model: Path) -> None:
     lengths = batch["attention_mask"].sum(1).tolist()
     assert len(set(lengths)) == 3  # three lengths, so two of the rows are padded
 
-    packed = packing.pack(batch)
+    packed = packing.pack(batch, heads=2)
 
     rows = zip(batch["input_ids"].tolist(), lengths, strict=True)
     assert packed["input_ids"].tolist() == [[i for ids, n in rows for i in ids[:n]]]
@@ -53,12 +54,22 @@ def test_a_packed_batch_is_its_real_tokens_in_one_row(tiny_model: Path) -> None:
     assert int(packing.real_tokens(batch)) == sum(lengths)
 
 
-def test_packed_logits_and_gradients_are_the_padded_models(tiny_model: Path) -> None:
+# Ways to cut the batch of lengths 10, 20 and 18 into attention calls, by the cost
+# of a call: each example in a call of its own; the two longer ones in one call
+# (18 padded to 20) and the short one alone; all three in one padded call.
+CUTS = {"each": (0.0, 3), "mixed": (200.0, 2), "one": (math.inf, 1)}
+
+
+@pytest.mark.parametrize("cut", CUTS)
+def test_packed_logits_and_gradients_are_the_padded_models(tiny_model: Path, cut: str) -> None:
     padded_model, tokenizer = load(tiny_model)
     packed_model, _ = load(tiny_model)
     assert packing.enable(packed_model)
     batch = padded_batch(tokenizer)
     labels = batch.pop("labels")
+    cost, calls = CUTS[cut]
+    packed = packing.pack(batch, packed_model.config.num_attention_heads, cost)
+    assert len(packed["packed_groups"]) == calls, packed["packed_groups"]
 
     def step(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         model.zero_grad()
@@ -67,7 +78,7 @@ def test_packed_logits_and_gradients_are_the_padded_models(tiny_model: Path) -> 
         return logits.detach()
 
     expected = step(padded_model, batch)
-    torch.testing.assert_close(step(packed_model, packing.pack(batch)), expected)
+    torch.testing.assert_close(step(packed_model, packed), expected)
     grads = dict(padded_model.named_parameters())
     for name, param in packed_model.named_parameters():
         assert param.grad is not None, name
@@ -75,6 +86,37 @@ def test_packed_logits_and_gradients_are_the_padded_models(tiny_model: Path) -> 
     # Evaluation feeds padded batches to the same model: transformers' attention.
     with torch.no_grad():
         torch.testing.assert_close(packed_model(**batch).logits, expected)
+
+
+def test_attention_calls_group_examples_of_near_lengths() -> None:
+    lengths = [10, 50, 10, 11, 70, 12]
+    # A call costs as much as 400 query-key pairs: padding 10 to 12 is cheaper than
+    # another call, padding 50 to 70 is not.
+    assert packing._plan(lengths, 400.0) == [[0, 2, 3, 5], [1], [4]]
+    assert packing._plan(lengths, 0.0) == [[0, 2], [3], [5], [1], [4]]
+    assert packing._plan(lengths, math.inf) == [[0, 2, 3, 5, 1, 4]]
+
+
+def test_cpu_attention_dropout_drops_its_share_and_keeps_the_expectation() -> None:
+    # On a CPU, training attention (dropout > 0) is packing's own, with its own draw.
+    torch.manual_seed(0)
+    dropout = 0.1
+    keep, _ = packing._keep(torch.Size([1000, 1000]), dropout)
+    assert abs(float((~keep).float().mean()) - dropout) < 2e-3
+    query, key, value = (torch.randn(2, 2, 6, 4) for _ in range(3))
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2]).view(2, 1, 1, 6)
+    plain = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    draws = torch.stack(
+        [packing._attend(query, key, value, mask, dropout, None) for _ in range(4000)]
+    )
+    assert not torch.allclose(draws[0], plain)  # one draw drops weights
+    torch.testing.assert_close(draws.mean(0), plain, atol=0.02, rtol=0)
+    # Padding keys count for nothing, and a seed fixes the draw.
+    torch.manual_seed(1)
+    once = packing._attend(query, key, value, mask, dropout, None)
+    key[1, :, 4:], value[1, :, 4:] = 100.0, -100.0
+    torch.manual_seed(1)
+    torch.testing.assert_close(packing._attend(query, key, value, mask, dropout, None), once)
 
 
 def test_the_saved_model_loads_without_the_trainer(tiny_model: Path, tmp_path: Path) -> None:

@@ -7,14 +7,18 @@ work is thrown away. Here the training batch is packed instead: the real tokens 
 its examples are laid out in one row (input_ids of shape [1, tokens]), each with
 its position within its own example, so the per-token layers only see real tokens.
 
-Attention is the one place where examples must not see each other. There the row
-is scattered back into the padded [batch, length] grid, attention runs masked
-exactly as it does padded, and its result is gathered back into the row. The
-encoder's output is padded again (zeros where padding was), so the pooler and the
-classifier see the shape they always see. The arithmetic is the padded model's:
-tests compare logits and trained weights with the padded model's. The order of
-the data is untouched, unlike length grouping, so accuracy is that of padded
-training; only the padding's wasted work goes.
+Attention is the one place where examples must not see each other, and it needs
+no padding either: each example attends over its own tokens only. The batch's
+examples are cut into a few attention calls by length (_plan): examples of near
+lengths share a call, padded to the longest of them and masked as padded attention
+is, where the padding costs less than another call would. The encoder's output is
+padded again (zeros where padding was), so the pooler and the classifier see the
+shape they always see. Without dropout the arithmetic is the padded model's: tests
+compare logits and trained weights with the padded model's. The order of the data
+is untouched, unlike length grouping, so accuracy is that of padded training; only
+the padding's wasted work goes. On a CPU, attention dropout is drawn here, more
+cheaply than torch's (_keep); on a GPU the batch stays one call through torch's
+attention.
 
 It applies to models whose attention runs through transformers' AttentionInterface
 and whose positions count from 0 in each example: BERT and its distillations such
@@ -25,6 +29,8 @@ transformers' own SDPA attention.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,10 +48,30 @@ def supports(model: Any) -> bool:
     return getattr(config, "model_type", None) in MODEL_TYPES and encoder is not None and builtin
 
 
-def enable(model: Any) -> bool:
-    """Route `model`'s attention through the packed path; False if it cannot be."""
+# The cost of one more attention call, in attention weights (query-key pairs per
+# head): an example's own call costs this plus its length squared. On CPU a call's
+# fixed work is small next to the work per weight (docs/benchmarks.md, Padding-free
+# steps). On a GPU launches cost more and fused kernels make padding cheap, so there
+# the batch stays one padded call (an infinite cost).
+CPU_CALL_COST = 400.0
+
+
+@dataclass(frozen=True)
+class Packer:
+    """Packs a tokenizer's padded batches for one model (its head count) on one
+    kind of device (the cost of an attention call there)."""
+
+    heads: int
+    call_cost: float
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return pack(batch, self.heads, self.call_cost)
+
+
+def enable(model: Any, device_type: str = "cpu") -> Packer | None:
+    """Route `model`'s attention through the packed path; None if it cannot be."""
     if not supports(model):
-        return False
+        return None
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -53,19 +79,23 @@ def enable(model: Any) -> bool:
     AttentionMaskInterface.register(NAME, sdpa_mask)  # padded calls: SDPA's mask
     model.set_attn_implementation(NAME)
     if model.config._attn_implementation != NAME:  # refused (transformers logs why)
-        return False
+        return None
     model.base_model.encoder.register_forward_hook(_repad, with_kwargs=True)
-    return True
+    cost = CPU_CALL_COST if device_type == "cpu" else math.inf
+    return Packer(model.config.num_attention_heads, cost)
 
 
-def pack(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def pack(
+    batch: dict[str, torch.Tensor], heads: int, call_cost: float = CPU_CALL_COST
+) -> dict[str, Any]:
     """A tokenizer's padded batch as one row of real tokens plus its layout:
-    packed_index (where each real token sits in the flattened [batch, length] grid)
-    and packed_mask (the attention mask). Labels are kept as they are."""
+    packed_index (where each real token sits in the flattened [batch, length] grid),
+    packed_mask (the attention mask) and the attention calls (_plan, _layout). Labels
+    are kept as they are."""
     mask = batch["attention_mask"]
     length = mask.shape[1]
     index = mask.reshape(-1).nonzero().squeeze(1)
-    packed: dict[str, torch.Tensor] = {
+    packed: dict[str, Any] = {
         key: batch[key].reshape(-1).index_select(0, index).unsqueeze(0)
         for key in ("input_ids", "token_type_ids")
         if key in batch
@@ -74,14 +104,71 @@ def pack(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     packed["position_ids"] = (index % length).unsqueeze(0)
     packed["packed_index"] = index
     packed["packed_mask"] = mask.bool()
+    lengths = mask.sum(1).tolist()
+    groups = _plan(lengths, call_cost)
+    packed.update(_layout(lengths, groups, heads))
     if "labels" in batch:
         packed["labels"] = batch["labels"]
     return packed
 
 
-def real_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _plan(lengths: list[int], call_cost: float) -> list[list[int]]:
+    """The batch's examples in attention calls: by length, each call padded to its
+    longest, grouped to minimise the attention weights computed plus `call_cost` per
+    call. Attention is per example, so grouping never changes what a token sees."""
+    order = sorted(range(len(lengths)), key=lambda e: lengths[e])
+    best: list[tuple[float, int]] = [(0.0, 0)]  # (cost of the first j, where its last call starts)
+    for j in range(1, len(order) + 1):
+        longest = lengths[order[j - 1]] ** 2
+        best.append(min((best[i][0] + (j - i) * longest + call_cost, i) for i in range(j)))
+    groups, j = [], len(order)
+    while j:
+        i = best[j][1]
+        groups.append(order[i:j])
+        j = i
+    return groups[::-1]
+
+
+def _layout(lengths: list[int], groups: list[list[int]], heads: int) -> dict[str, Any]:
+    """Where the calls' [examples, heads, length] grids, laid end to end, read the
+    packed row's [tokens, heads] cells (packed_gather; a padding cell reads its
+    example's first token, which its mask hides), where each cell's result lands
+    (packed_back), the grids' masks (packed_group_mask) and their shapes
+    (packed_groups: examples, length, whether any is padded)."""
+    starts = torch.tensor([0, *lengths]).cumsum(0)
+    per_head = torch.arange(heads).view(1, heads, 1)
+    gather, masks, shapes = [], [], []
+    for group in groups:
+        count = torch.tensor([lengths[e] for e in group])
+        width = int(count.max())
+        column = torch.arange(width)
+        real = column.view(1, width) < count.view(-1, 1)  # [examples, length]
+        token = starts[group].view(-1, 1) + torch.where(real, column, 0)
+        gather.append((token.unsqueeze(1) * heads + per_head).reshape(-1))
+        masks.append(real.reshape(-1))
+        shapes.append((len(group), width, bool((~real).any())))
+    cells = torch.cat(gather)
+    real_cells = torch.cat(
+        [
+            m.view(-1, 1, w).expand(-1, heads, -1).reshape(-1)
+            for m, (_, w, _) in zip(masks, shapes, strict=True)
+        ]
+    )
+    back = torch.empty(int(starts[-1]) * heads, dtype=torch.long)
+    back[cells[real_cells]] = real_cells.nonzero().squeeze(1)
+    return {
+        "packed_groups": tuple(shapes),
+        "packed_gather": cells,
+        "packed_back": back,
+        "packed_group_mask": torch.cat(masks),
+    }
+
+
+def real_tokens(batch: dict[str, Any]) -> torch.Tensor:
     """The number of real (not padding) tokens in a packed or a padded batch."""
-    mask = batch["packed_mask"] if "packed_index" in batch else batch["attention_mask"]
+    mask: torch.Tensor = (
+        batch["packed_mask"] if "packed_index" in batch else batch["attention_mask"]
+    )
     return mask.sum()
 
 
@@ -92,11 +179,6 @@ def _scatter(tokens: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> t
     return grid.view(batch, length, *tokens.shape[1:])
 
 
-def _grid(row: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[1, heads, tokens, width] -> [batch, heads, length, width], zeros at padding."""
-    return _scatter(row[0].transpose(0, 1), index, mask).transpose(1, 2)
-
-
 def _attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -105,29 +187,77 @@ def _attention(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
-    packed_index: torch.Tensor | None = None,
-    packed_mask: torch.Tensor | None = None,
+    packed_groups: tuple[tuple[int, int, bool], ...] | None = None,
+    packed_gather: torch.Tensor | None = None,
+    packed_back: torch.Tensor | None = None,
+    packed_group_mask: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if packed_index is None or packed_mask is None:
+    if packed_groups is None or packed_gather is None or packed_back is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    batch, length = packed_mask.shape
-    out = torch.nn.functional.scaled_dot_product_attention(
-        _grid(query, packed_index, packed_mask),
-        _grid(key, packed_index, packed_mask),
-        _grid(value, packed_index, packed_mask),
-        attn_mask=packed_mask[:, None, None, :],
-        dropout_p=dropout,
-        scale=scaling,
-    )
-    heads, width = out.shape[1], out.shape[3]
-    out = out.transpose(1, 2).reshape(batch * length, heads, width)
+    assert packed_group_mask is not None
+    heads, tokens, width = query.shape[1:]
+    sizes = [n * heads * length for n, length, _ in packed_groups]
+
+    def cells(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # [1, heads, tokens, width] -> each call's [examples, heads, length, width].
+        # split, not slicing: its backward is one concatenation, where each slice's
+        # backward would fill a zero tensor of the whole batch.
+        rows = x[0].transpose(0, 1).reshape(tokens * heads, width)
+        return torch.split(rows.index_select(0, packed_gather), sizes)
+
+    masks = torch.split(packed_group_mask, [n * length for n, length, _ in packed_groups])
+    outs = []
+    for (n, length, padded), q, k, v, real in zip(
+        packed_groups, cells(query), cells(key), cells(value), masks, strict=True
+    ):
+        shape = (n, heads, length, width)
+        mask = real.view(n, 1, 1, length) if padded else None
+        out = _attend(q.view(shape), k.view(shape), v.view(shape), mask, dropout, scaling)
+        outs.append(out.reshape(-1, width))
     # transformers expects [batch, tokens, heads, width]: the row is the batch of one.
-    return out.index_select(0, packed_index).unsqueeze(0), None
+    return torch.cat(outs).index_select(0, packed_back).view(1, tokens, heads, width), None
+
+
+def _attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    dropout: float,
+    scale: float | None,
+) -> torch.Tensor:
+    """Attention of one call, [examples, heads, length, width]. With dropout on a CPU
+    it is written out here, with a cheaper draw than torch's (_keep); elsewhere it
+    is torch's scaled_dot_product_attention."""
+    if dropout == 0.0 or query.device.type != "cpu":
+        return torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale
+        )
+    scale = scale if scale is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query * scale, key.transpose(-1, -2))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf)
+    weights = scores.softmax(-1)
+    keep, rescale = _keep(weights.shape, dropout)
+    return torch.matmul(weights * keep, value) * rescale
+
+
+def _keep(shape: torch.Size, dropout: float) -> tuple[torch.Tensor, float]:
+    """A dropout mask of `shape` (True: kept) and the scale that keeps expectations.
+    torch's CPU dropout draws one Bernoulli sample per attention weight, the
+    slowest part of a CPU step's attention; here each weight gets a 15-bit uniform
+    draw, four from each 64-bit random word of torch's generator (so a seed and a
+    checkpoint's saved RNG state still fix it), and is kept below the threshold."""
+    count = math.prod(shape)
+    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_()
+    draws = words.view(torch.int16)[:count].view(shape).bitwise_and(0x7FFF)
+    threshold = round((1.0 - dropout) * 32768)
+    return draws < threshold, 32768 / threshold
 
 
 def _repad(module: torch.nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> Any:

@@ -70,6 +70,11 @@ log = logging.getLogger("finetune")
 _DONE = object()
 
 
+def _to(value: Any, device: torch.device) -> Any:
+    """A batch's tensor on `device`; anything else (a packed batch's call shapes) as it is."""
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
 def _gather(obj: Any) -> list[Any]:
     if not dist.is_initialized():
         return [obj]
@@ -242,7 +247,7 @@ class Run:
         self.metrics.attempt.set(cfg.attempt)
         self._last_eval_step = -1
         self._samples_window = 0
-        self.packed = False  # padding-free batches (packing.py), set once the model loads
+        self.packer: packing.Packer | None = None  # padding-free (packing.py), once loaded
         # SIGTERM: stop after the current step with a checkpoint (stopping.py).
         self.stop = StopRequest(cfg.grace_seconds).install()
         register(cfg.work_dir)
@@ -333,7 +338,7 @@ class Run:
         tokenizer: Any,
         start: Position,
         skip: int,
-    ) -> Iterator[tuple[list[dict[str, torch.Tensor]], int, Position]]:
+    ) -> Iterator[tuple[list[dict[str, Any]], int, Position]]:
         """Per step of the epoch from step `skip` on: this rank's micro-batches, their
         example count, and the position a checkpoint after it resumes from (see
         batching.py; the stream stands at `start`, the window's beginning)."""
@@ -367,16 +372,16 @@ class Run:
             *columns, truncation=True, max_length=self.spec.dataset.max_seq_length, **padding
         )
 
-    def _encode(self, chunk: list[Example], tokenizer: Any) -> dict[str, torch.Tensor]:
+    def _encode(self, chunk: list[Example], tokenizer: Any) -> dict[str, Any]:
         enc = dict(self._tokenize(chunk, tokenizer, padding=True, return_tensors="pt"))
         enc["labels"] = torch.tensor([e.label for e in chunk])
-        return packing.pack(enc) if self.packed else enc
+        return self.packer(enc) if self.packer else enc
 
     def _pack_if_supported(self, model: Any) -> None:
         if not self.spec.training.padding_free:
             return
-        self.packed = packing.enable(model)
-        if not self.packed and self.is_main:
+        self.packer = packing.enable(model, self.acc.device.type)
+        if not self.packer and self.is_main:
             log.info(
                 "spec.training.paddingFree: %s (model_type %s) is not transformers' own "
                 "BERT-family code; its batches are padded",
@@ -437,7 +442,7 @@ class Run:
                 _device_text(self.acc.device.type, cfg.cpu_threads),
                 describe(self.precision),
                 self._per_rank() * self.world,
-                ", padding-free" if self.packed else "",
+                ", padding-free" if self.packer else "",
             )
         started, start_step = time.monotonic(), state.global_step
         dummy = self._encode([Example(("",) * len(self.spec.dataset.text_columns), 0)], tokenizer)
@@ -499,9 +504,9 @@ class Run:
     def _train_step(
         self,
         sess: Session,
-        micro: list[dict[str, torch.Tensor]],
+        micro: list[dict[str, Any]],
         alloc: list[int],
-        dummy: dict[str, torch.Tensor],
+        dummy: dict[str, Any],
     ) -> tuple[float, int, bool]:
         """One optimizer step over this rank's micro-batches (`alloc`: every rank's
         example count); the global mean loss, the real tokens of the step, and whether
@@ -515,7 +520,7 @@ class Run:
         model.train()
         for i in range(rounds):
             real = i < len(micro)
-            batch = {k: v.to(self.acc.device) for k, v in (micro[i] if real else dummy).items()}
+            batch = {k: _to(v, self.acc.device) for k, v in (micro[i] if real else dummy).items()}
             sync = contextlib.nullcontext() if i == rounds - 1 else self.acc.no_sync(model)
             with sync, self.acc.autocast():
                 labels = batch.pop("labels")
