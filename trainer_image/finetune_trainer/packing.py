@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 NAME = "finetune_packed"
@@ -134,33 +135,31 @@ def _layout(lengths: list[int], groups: list[list[int]], heads: int) -> dict[str
     packed row's [tokens, heads] cells (packed_gather; a padding cell reads its
     example's first token, which its mask hides), where each cell's result lands
     (packed_back), the grids' masks (packed_group_mask) and their shapes
-    (packed_groups: examples, length, whether any is padded)."""
-    starts = torch.tensor([0, *lengths]).cumsum(0)
-    per_head = torch.arange(heads).view(1, heads, 1)
-    gather, masks, shapes = [], [], []
+    (packed_groups: examples, length, whether any is padded).
+
+    Written in numpy, not torch: it runs in the data thread, where these steps as
+    torch operations slowed the training thread's steps by a third on a CPU."""
+    starts = np.cumsum([0, *lengths])
+    per_head = np.arange(heads).reshape(1, heads, 1)
+    gather, masks, cell_masks, shapes = [], [], [], []
     for group in groups:
-        count = torch.tensor([lengths[e] for e in group])
+        count = np.array([lengths[e] for e in group])
         width = int(count.max())
-        column = torch.arange(width)
-        real = column.view(1, width) < count.view(-1, 1)  # [examples, length]
-        token = starts[group].view(-1, 1) + torch.where(real, column, 0)
-        gather.append((token.unsqueeze(1) * heads + per_head).reshape(-1))
+        column = np.arange(width)
+        real = column.reshape(1, width) < count.reshape(-1, 1)  # [examples, length]
+        token = starts[group].reshape(-1, 1) + np.where(real, column, 0)
+        gather.append((token[:, None, :] * heads + per_head).reshape(-1))
         masks.append(real.reshape(-1))
+        cell_masks.append(np.repeat(real[:, None, :], heads, axis=1).reshape(-1))
         shapes.append((len(group), width, bool((~real).any())))
-    cells = torch.cat(gather)
-    real_cells = torch.cat(
-        [
-            m.view(-1, 1, w).expand(-1, heads, -1).reshape(-1)
-            for m, (_, w, _) in zip(masks, shapes, strict=True)
-        ]
-    )
-    back = torch.empty(int(starts[-1]) * heads, dtype=torch.long)
-    back[cells[real_cells]] = real_cells.nonzero().squeeze(1)
+    cells, real_cells = np.concatenate(gather), np.concatenate(cell_masks)
+    back = np.empty(int(starts[-1]) * heads, dtype=np.int64)
+    back[cells[real_cells]] = np.flatnonzero(real_cells)
     return {
         "packed_groups": tuple(shapes),
-        "packed_gather": cells,
-        "packed_back": back,
-        "packed_group_mask": torch.cat(masks),
+        "packed_gather": torch.from_numpy(cells),
+        "packed_back": torch.from_numpy(back),
+        "packed_group_mask": torch.from_numpy(np.concatenate(masks)),
     }
 
 
