@@ -17,8 +17,8 @@ hyper-parameters (global batch 8, lr 5e-5), same number of optimizer steps:
 adds dev accuracy and F1. Rounds alternate which runs first. Samples/s are each trainer's
 own training-loop rate (model loading excluded for all); real tokens/s multiply it by the
 mean tokens of an MRPC pair; the padding fraction is that of one epoch's batches as each
-batches them (padding-free runs compute padding only inside attention). Prints a Markdown
-table for docs/benchmarks.md.
+batches them (padding-free runs compute padding only inside attention, in calls cut by
+length: bench/packed_attention.py). Prints a Markdown table for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -148,8 +148,9 @@ def train_lengths() -> list[int]:
     return [len(x) for x in mrpc_reference.tokenized(tokenizer, "train")["input_ids"]]
 
 
-def padding(order: str) -> tuple[float, float]:
-    """Mean real tokens of a pair, and the padded fraction of one epoch's batches."""
+def padding(order: str) -> tuple[float, float, float]:
+    """Mean real tokens of a pair, the padded fraction of one epoch's batches, and
+    that of their padding-free attention calls (in_calls)."""
     import random
 
     from transformers.trainer_pt_utils import get_length_grouped_indices
@@ -185,7 +186,17 @@ def padding(order: str) -> tuple[float, float]:
     batches = [idx[i : i + size] for i in range(0, len(idx), size)]
     real = sum(lengths)
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-    return real / len(lengths), 1 - real / padded
+    return real / len(lengths), 1 - real / padded, 1 - real / sum(map(in_calls, batches))
+
+
+def in_calls(batch: list[int]) -> int:
+    """Tokens a padding-free step's attention computes for `batch` on a CPU: its
+    examples cut into calls by length, each call padded to its longest."""
+    from finetune_trainer import packing
+
+    lengths = [train_lengths()[i] for i in batch]
+    groups = packing._plan(lengths, packing.CPU_CALL_COST)
+    return sum(len(g) * max(lengths[e] for e in g) for g in groups)
 
 
 # Short names for --only.
@@ -265,11 +276,11 @@ def main() -> None:
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for name, res in results.items():
-        mean_tokens, padded = padding(batching[name])
+        mean_tokens, padded, in_attention = padding(batching[name])
         rate = statistics.mean(res.samples_per_s)
         pads = f"{padded:.0%}"
         if name.startswith("ours") and name != "ours, paddingFree false":
-            pads = f"none ({pads} in attention)"
+            pads = f"none ({in_attention:.0%} in attention)"
         row = (f"| {name} | {rate:.1f} | {rate * mean_tokens:.0f} | {pads} | "
                f"{f'{rate / base:.2f}x' if base else '-'} |")  # fmt: skip
         if args.full:
