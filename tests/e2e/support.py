@@ -122,3 +122,15 @@ def resumed_at(cluster: Cluster, namespace: str, name: str) -> int:
     found = re.search(r"resuming from \S+ at step (\d+)", log)
     assert found, log[-3000:]
     return int(found.group(1))
+
+
+def pod_failures(cluster: Cluster, namespace: str, text: str) -> list[str]:
+    """The messages of the job PodFailed events in `namespace` that contain `text`
+    (the operator posts them just after the status that starts the next attempt)."""
+    return [
+        e.message
+        for e in cluster.core.list_namespaced_event(namespace).items
+        if e.involved_object.kind == c.KIND
+        and e.reason == c.Reason.POD_FAILED
+        and text in (e.message or "")
+    ]

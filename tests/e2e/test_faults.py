@@ -18,7 +18,7 @@ import pytest
 from controlplane import wait_for
 
 from conftest import Cluster
-from e2e.support import attempt_running, ended, operator_pod, resumed_at
+from e2e.support import attempt_running, ended, operator_pod, pod_failures, resumed_at
 from finetune_api import names as c
 from operator_support import PodWatch
 from trainer_support import committed_steps
@@ -193,14 +193,7 @@ def test_a_frozen_rank_ends_its_attempt_and_the_gang_restarts_and_completes(
     status = wait_for(restarted, 180, "the operator to start attempt 2")
 
     def hang_reported() -> list[str]:
-        # The event may be posted just after the status that starts attempt 2.
-        return [
-            e.message
-            for e in cluster.core.list_namespaced_event(namespace).items
-            if e.involved_object.kind == c.KIND
-            and e.reason == c.Reason.POD_FAILED
-            and "Hang: no optimizer step for 20s" in (e.message or "")
-        ]
+        return pod_failures(cluster, namespace, "Hang: no optimizer step for 20s")
 
     hang = wait_for(hang_reported, 30, "the PodFailed event with the hang's reason")
     assert "rank 1 (node 1) did not answer" in hang[0], hang[0]

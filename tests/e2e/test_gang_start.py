@@ -16,7 +16,7 @@ import pytest
 from controlplane import wait_for
 
 from conftest import Cluster
-from e2e.support import ended
+from e2e.support import ended, pod_failures
 from finetune_api import names as c
 
 GATE = "test.finetune.dev/never"
@@ -138,13 +138,7 @@ def test_a_gang_whose_node_zero_never_starts_ends_at_the_rendezvous_bound_then_c
     wait_for(gated, 60, "node 0's pod to be created with the scheduling gate", every=0.5)
 
     def rendezvous_failed() -> list[str]:
-        return [
-            e.message or ""
-            for e in cluster.core.list_namespaced_event(namespace).items
-            if e.involved_object.kind == c.KIND
-            and e.reason == c.Reason.POD_FAILED
-            and "Rendezvous: node 1 waited" in (e.message or "")
-        ]
+        return pod_failures(cluster, namespace, "Rendezvous: node 1 waited")
 
     message = wait_for(rendezvous_failed, TIMEOUT + 240, "the rendezvous failure")[0]
     waited = int(re.search(r"waited (\d+)s", message).group(1))  # type: ignore[union-attr]

@@ -18,7 +18,7 @@ from controlplane import free_port, wait_for
 from kubernetes.client.exceptions import ApiException
 
 from conftest import Cluster
-from e2e.support import ended, s3_job, s3_secret
+from e2e.support import ended, pod_failures, s3_job, s3_secret
 from e2e.test_faults import training_process
 from finetune_api import names as c
 from trainer_support import committed_steps, iter_s3_keys, put_mrpc
@@ -123,14 +123,7 @@ def test_s3_outages_are_waited_out_and_a_longer_one_restarts_the_gang(
     wait_for(second_attempt, BUDGET + 240, "attempt 2")
 
     def outage_reported() -> list[str]:
-        # The event is posted just after the status that starts attempt 2.
-        return [
-            e.message or ""
-            for e in cluster.core.list_namespaced_event(namespace).items
-            if e.involved_object.kind == c.KIND
-            and e.reason == c.Reason.POD_FAILED
-            and f"spec.s3.retrySeconds: {BUDGET}" in (e.message or "")
-        ]
+        return pod_failures(cluster, namespace, f"spec.s3.retrySeconds: {BUDGET}")
 
     wait_for(outage_reported, 30, "the PodFailed event naming spec.s3.retrySeconds")
     own_s3.start()
