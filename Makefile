@@ -7,6 +7,12 @@ STAMP  := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
+# The test tools' Go builds (control plane, nodes, MinIO, Helm, Prometheus) keep their
+# Go caches in the cache folder, not the user's; tests/go-clean.sh removes them once
+# the tools are built, as the tools themselves are cached by their inputs.
+GO_CACHE := $(shell bash tests/cache-dir.sh)/go
+export GOCACHE := $(GO_CACHE)/build
+export GOMODCACHE := $(GO_CACHE)/mod
 
 .PHONY: help install generate check-generated lint format system-deps cluster-bin s3-bin helm-bin \
         prometheus-bin cluster-up cluster-down node-deps node-bin images node-up node-down test e2e \
@@ -110,16 +116,23 @@ images: node-deps
 	bash tests/images/build.sh operator
 	bash tests/images/build.sh trainer
 
+# A green run leaves no temporary folders (copies of models, MinIO data, node folders:
+# gigabytes); a failed one keeps its failed tests' folders, for the last two runs.
+PYTEST_TMP := -o tmp_path_retention_policy=failed -o tmp_path_retention_count=2
+
 test: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin prometheus-bin node-bin images \
       lint check-generated
-	$(BIN)/python -m pytest -m "not slow" --durations=25
+	bash tests/go-clean.sh
+	$(BIN)/python -m pytest -m "not slow" --durations=25 $(PYTEST_TMP)
 
 # The end-to-end tests alone: real nodes, images built from the Dockerfiles.
 e2e: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin prometheus-bin node-bin images
-	$(BIN)/python -m pytest -m "not slow" tests/e2e tests/test_nodes_cleanup.py
+	bash tests/go-clean.sh
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_TMP) tests/e2e tests/test_nodes_cleanup.py
 
 test-slow: $(STAMP) system-deps node-deps cluster-bin s3-bin helm-bin prometheus-bin node-bin images
-	$(BIN)/python -m pytest -m slow -s
+	bash tests/go-clean.sh
+	$(BIN)/python -m pytest -m slow -s $(PYTEST_TMP)
 
 # Benchmarks print a table for docs/benchmarks.md; they are not tests.
 bench-operator: $(STAMP) cluster-bin

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from controlplane import ROOT, ControlPlane, built, wait_for
 
 from finetune_api import names as c
+from killed_runs import remove_killed_runs
 
 CRD_FILE = ROOT / "manifests" / "crd" / "finetune.dev_finetunejobs.yaml"
 
@@ -52,6 +53,12 @@ class Cluster:
             c.GROUP, c.VERSION, namespace, c.PLURAL, name
         )
         return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def killed_runs_removed(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """What earlier test runs that were killed left (tests/killed_runs.py)."""
+    remove_killed_runs(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,6 +107,7 @@ class NodeSet:
     def up(self, timeout: float = 120.0) -> NodeSet:
         if self.count > len(NODE_NAMES):
             raise ValueError(f"at most {len(NODE_NAMES)} nodes (the control plane's tokens)")
+        sweep_stale(keep=self.cluster_dir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.netns_before = sorted(host.netns())
         self.netns_mounted_before = NETNS_DIR in host.mounts()
@@ -315,6 +317,33 @@ class NodeSet:
                        self.netns_before, self.netns_mounted_before)  # fmt: skip
 
 
+_NODE_PATH = re.compile(r"(/\S+)/nodes/ft-node-\d+(?:/|\s|$)")
+
+
+def sweep_stale(keep: Path | None = None) -> list[Path]:
+    """Tear down the node sets that killed runs left: their mounts (which keep their
+    folders, and the disk those pin, from ever being removed) and any process still
+    running. Only one node set can run at a time (one bridge, fixed node names), so
+    every set but `keep`'s is stale. They are found by their mounts and command lines,
+    never by their saved pids, which a restarted machine may have given to others.
+    Returns the control-plane folders it tore the nodes of down."""
+    found = {m.group(1) for text in host.mounts() if (m := _NODE_PATH.match(text + "/"))}
+    found |= {m.group(1) for _, cmd in host.processes() for m in _NODE_PATH.finditer(cmd)}
+    stale = sorted(Path(d) for d in found if keep is None or Path(d) != keep)
+    for cluster_dir in stale:
+        saved = NodeSet.load(cluster_dir)
+        workdir = str(cluster_dir / "nodes") + "/"
+        pids = {
+            f"{Path(cmd.split()[0]).name}/{pid}": pid  # kubelets first, as `down` does
+            for pid, cmd in host.processes()
+            if workdir in cmd
+        }
+        host.tear_down(cluster_dir / "nodes", list(NODE_NAMES), pids,
+                       saved.netns_before if saved else sorted(host.netns()),
+                       saved.netns_mounted_before if saved else True)  # fmt: skip
+    return stale
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Start or stop real nodes of the test cluster.")
     parser.add_argument("action", choices=["up", "down"])
@@ -324,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     old = NodeSet.load(args.cluster)
     if old is not None:
         old.down()
+    if args.action == "down":
+        sweep_stale()  # and whatever killed runs left elsewhere
     if args.action == "up":
         nodes = NodeSet(args.cluster, count=args.nodes).up()
         for node in nodes.nodes:
