@@ -5,6 +5,7 @@ trees on loopback, as in tests/test_trainer_distributed.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -47,7 +48,8 @@ def test_a_frozen_rank_ends_the_attempt_and_the_job_then_completes(
     work = tmp_path / "attempt-1"
     nodes = start_nodes(spec, work)
     wait_for(lambda: f"step 60/{STEPS}" in nodes[0].output(), 300, "training to reach step 60")
-    for pid in nodes[frozen].workers():
+    frozen_workers = nodes[frozen].workers()
+    for pid in frozen_workers:
         os.kill(pid, signal.SIGSTOP)
     frozen_at = time.monotonic()
     alive = 1 - frozen
@@ -56,8 +58,12 @@ def test_a_frozen_rank_ends_the_attempt_and_the_job_then_completes(
         code = wait_nodes([nodes[alive]], deadline + 60)[0]
         took = time.monotonic() - frozen_at
     finally:
-        # The restart deletes the frozen rank's pod: here, its process group is killed.
+        # The restart deletes the frozen rank's pod: here, its process group is killed,
+        # and its workers, which the launcher started in sessions of their own.
         os.killpg(nodes[frozen].proc.pid, signal.SIGKILL)
+        for pid in frozen_workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         nodes[frozen].proc.wait()
     reason = reason_of(work, alive)
     print(f"\n{reason} ({took:.0f}s after the freeze)")
