@@ -82,6 +82,10 @@ def enable(model: Any, device_type: str = "cpu") -> Packer | None:
     if model.config._attn_implementation != NAME:  # refused (transformers logs why)
         return None
     model.base_model.encoder.register_forward_hook(_repad, with_kwargs=True)
+    if device_type == "cpu":
+        for module in model.modules():
+            if type(module) is torch.nn.Dropout:
+                module.__class__ = DrawnDropout
     cost = CPU_CALL_COST if device_type == "cpu" else math.inf
     return Packer(model.config.num_attention_heads, cost)
 
@@ -257,6 +261,19 @@ def _keep(shape: torch.Size, dropout: float) -> tuple[torch.Tensor, float]:
     draws = words.view(torch.int16)[:count].view(shape).bitwise_and(0x7FFF)
     threshold = round((1.0 - dropout) * 32768)
     return draws < threshold, 32768 / threshold
+
+
+class DrawnDropout(torch.nn.Dropout):
+    """torch's Dropout, but in training on a CPU its mask comes from _keep, as the
+    attention's does: the model's hidden-state dropouts (embeddings, each layer's
+    attention output and feed-forward output, the classifier) drop as many elements as
+    its attention has weights."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or self.inplace or input.device.type != "cpu":
+            return super().forward(input)
+        keep, rescale = _keep(input.shape, self.p)
+        return input * (keep * rescale).to(input.dtype)
 
 
 def _repad(module: torch.nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
