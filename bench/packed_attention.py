@@ -1,14 +1,14 @@
-"""What padding-free steps' attention costs on a CPU, by how it is cut and drawn
-(`.venv/bin/python bench/packed_attention.py`).
+"""What padding-free steps cost on a CPU, by how attention is cut and how much of the
+last layer is computed (`.venv/bin/python bench/packed_attention.py`).
 
 Batches of 8 MRPC training pairs drawn at random (their token lengths as
 all-MiniLM-L6-v2's tokenizer counts them), packed as the trainer packs them
 (finetune_trainer/packing.py), in three variants side by side, in alternating rounds:
 
 - `one call`: the whole batch in one attention call padded to its longest example
-  (the layout of padding-free steps before calls by length), torch's dropout;
-- `calls by length`: the trainer's cut into calls, torch's dropout;
-- `calls by length, own draw`: the trainer's default on a CPU, its own dropout draw.
+  (the layout of padding-free steps before calls by length), the whole last layer;
+- `calls by length`: the trainer's cut into calls, the whole last layer;
+- `calls by length, last layer first tokens only`: the trainer's default.
 
 Two measures: one attention layer's forward and backward (12 heads of width 32, dropout
 0.1, random queries, keys and values), and bare training steps of the model itself
@@ -20,7 +20,6 @@ Markdown table for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import queue
 import random
@@ -42,30 +41,12 @@ from finetune_trainer import packing  # noqa: E402
 from trainer_support import minilm_dir  # noqa: E402
 
 HEADS, WIDTH, BATCH, DROPOUT = 12, 32, 8, 0.1
-# name: (the cost of a call, whether the trainer's own dropout draw is used)
+# name: (the cost of a call, whether the last layer computes first tokens only)
 VARIANTS = {
     "one call": (math.inf, False),
     "calls by length": (packing.CPU_CALL_COST, False),
-    "calls by length, own draw": (packing.CPU_CALL_COST, True),
+    "calls by length, last layer first tokens only": (packing.CPU_CALL_COST, True),
 }
-
-
-@contextlib.contextmanager
-def dropout_of(own: bool) -> Iterator[None]:
-    """With own=False, every call's attention is torch's, dropout included."""
-    kept = packing._attend
-    if not own:
-
-        def torch_attention(q: Any, k: Any, v: Any, mask: Any, p: float, scale: Any) -> Any:
-            return torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=p, scale=scale
-            )
-
-        packing._attend = torch_attention  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        packing._attend = kept  # type: ignore[assignment]
 
 
 def batches(count: int) -> list[dict[str, torch.Tensor]]:
@@ -105,13 +86,17 @@ def attention_ms(data: list[dict[str, torch.Tensor]], cost: float) -> Callable[[
     return run
 
 
-def step_rate(data: list[dict[str, torch.Tensor]], cost: float) -> Callable[[], float]:
+def step_rate(
+    data: list[dict[str, torch.Tensor]], cost: float, first_only: bool
+) -> Callable[[], float]:
     """Bare training steps of all-MiniLM-L6-v2: samples/s."""
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(str(minilm_dir()), num_labels=2)
     assert packing.enable(model) is not None
+    if not first_only:  # the last layer's own forward again
+        del model.bert.encoder.layer[-1].forward
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
 
@@ -147,8 +132,7 @@ def rounds(runs: dict[str, Callable[[], float]], count: int) -> dict[str, float]
     results: dict[str, list[float]] = {name: [] for name in runs}
     for i in range(count + 1):
         for name, run in runs.items():
-            with dropout_of(VARIANTS[name][1]):
-                value = run()
+            value = run()
             if i:
                 results[name].append(value)
     return {name: statistics.median(values) for name, values in results.items()}
@@ -161,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     data = batches(args.batches)
     ms = rounds({n: attention_ms(data, VARIANTS[n][0]) for n in VARIANTS}, args.rounds)
-    rate = rounds({n: step_rate(data, VARIANTS[n][0]) for n in VARIANTS}, args.rounds)
+    rate = rounds({n: step_rate(data, *VARIANTS[n]) for n in VARIANTS}, args.rounds)
     weights = {
         n: statistics.mean(
             sum(c * w * w for c, w, _ in packing.pack(b, HEADS, VARIANTS[n][0])["packed_groups"])

@@ -16,9 +16,14 @@ padded again (zeros where padding was), so the pooler and the classifier see the
 shape they always see. Without dropout the arithmetic is the padded model's: tests
 compare logits and trained weights with the padded model's. The order of the data
 is untouched, unlike length grouping, so accuracy is that of padded training; only
-the padding's wasted work goes. On a CPU, attention dropout is drawn here, more
-cheaply than torch's (_keep); on a GPU the batch stays one call through torch's
-attention.
+the padding's wasted work goes. Dropout is torch's throughout; on a GPU the batch
+stays one call through torch's attention.
+
+A sequence classifier reads one token per example: the pooler takes each example's
+first token ([CLS]) from the last layer. So in training the last layer computes that
+token only (_first_tokens_layer): its query, its attention over its example's keys
+and values, its feed-forward. The other tokens' last-layer outputs, which nothing
+reads, are not computed; the logits and every gradient are those of the full layer.
 
 It applies to models whose attention runs through transformers' AttentionInterface
 and whose positions count from 0 in each example: BERT and its distillations such
@@ -30,6 +35,7 @@ transformers' own SDPA attention.
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,10 +88,9 @@ def enable(model: Any, device_type: str = "cpu") -> Packer | None:
     if model.config._attn_implementation != NAME:  # refused (transformers logs why)
         return None
     model.base_model.encoder.register_forward_hook(_repad, with_kwargs=True)
-    if device_type == "cpu":
-        for module in model.modules():
-            if type(module) is torch.nn.Dropout:
-                module.__class__ = DrawnDropout
+    if _reads_first_tokens(model):
+        last = model.base_model.encoder.layer[-1]
+        last.forward = types.MethodType(_first_tokens_layer, last)
     cost = CPU_CALL_COST if device_type == "cpu" else math.inf
     return Packer(model.config.num_attention_heads, cost)
 
@@ -112,6 +117,7 @@ def pack(
     lengths = mask.sum(1).tolist()
     groups = _plan(lengths, call_cost)
     packed.update(_layout(lengths, groups, heads))
+    packed.update(_first_tokens(lengths))
     if "labels" in batch:
         packed["labels"] = batch["labels"]
     return packed
@@ -164,6 +170,21 @@ def _layout(lengths: list[int], groups: list[list[int]], heads: int) -> dict[str
         "packed_gather": torch.from_numpy(cells),
         "packed_back": torch.from_numpy(back),
         "packed_group_mask": torch.from_numpy(np.concatenate(masks)),
+    }
+
+
+def _first_tokens(lengths: list[int]) -> dict[str, torch.Tensor]:
+    """Each example's first token in the packed row (packed_first), and its example's
+    tokens as a padded [examples, longest] grid (packed_first_keys; padding reads the
+    first token, which packed_first_mask hides): the last layer's one attention call."""
+    count = np.array(lengths)
+    starts = np.cumsum(count) - count
+    real = np.arange(int(count.max())).reshape(1, -1) < count.reshape(-1, 1)
+    keys = starts.reshape(-1, 1) + np.where(real, np.arange(real.shape[1]), 0)
+    return {
+        "packed_first": torch.from_numpy(starts),
+        "packed_first_keys": torch.from_numpy(keys.reshape(-1)),
+        "packed_first_mask": torch.from_numpy(real),
     }
 
 
@@ -234,46 +255,54 @@ def _attend(
     dropout: float,
     scale: float | None,
 ) -> torch.Tensor:
-    """Attention of one call, [examples, heads, length, width]. With dropout on a CPU
-    it is written out here, with a cheaper draw than torch's (_keep); elsewhere it
-    is torch's scaled_dot_product_attention."""
-    if dropout == 0.0 or query.device.type != "cpu":
-        return torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale
-        )
-    scale = scale if scale is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query * scale, key.transpose(-1, -2))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, -math.inf)
-    weights = scores.softmax(-1)
-    keep, rescale = _keep(weights.shape, dropout)
-    return torch.matmul(weights * keep, value) * rescale
+    """Attention of one call, [examples, heads, length, width]: torch's, dropout
+    included (a cheaper draw of its own cost accuracy: docs/benchmarks.md)."""
+    return torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale
+    )
 
 
-def _keep(shape: torch.Size, dropout: float) -> tuple[torch.Tensor, float]:
-    """A dropout mask of `shape` (True: kept) and the scale that keeps expectations.
-    torch's CPU dropout draws one Bernoulli sample per attention weight, the
-    slowest part of a CPU step's attention; here each weight gets a 15-bit uniform
-    draw, four from each 64-bit random word of torch's generator (so a seed and a
-    checkpoint's saved RNG state still fix it), and is kept below the threshold."""
-    count = math.prod(shape)
-    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_()
-    draws = words.view(torch.int16)[:count].view(shape).bitwise_and(0x7FFF)
-    threshold = round((1.0 - dropout) * 32768)
-    return draws < threshold, 32768 / threshold
+def _reads_first_tokens(model: Any) -> bool:
+    """Whether only each example's first token of the last layer reaches the loss:
+    transformers' BERT sequence classifier, whose pooler reads [CLS]."""
+    from transformers import BertForSequenceClassification
+
+    return type(model) is BertForSequenceClassification and model.bert.pooler is not None
 
 
-class DrawnDropout(torch.nn.Dropout):
-    """torch's Dropout, but in training on a CPU its mask comes from _keep, as the
-    attention's does: the model's hidden-state dropouts (embeddings, each layer's
-    attention output and feed-forward output, the classifier) drop as many elements as
-    its attention has weights."""
+def _first_tokens_layer(
+    layer: Any,
+    hidden_states: torch.Tensor,
+    *args: Any,
+    packed_first: torch.Tensor | None = None,
+    packed_first_keys: torch.Tensor | None = None,
+    packed_first_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """The last BertLayer for a packed batch, computed for each example's first token
+    only; the other tokens pass through unchanged, as nothing reads them. Padded
+    batches (evaluation) take the layer's own forward."""
+    if packed_first is None or packed_first_keys is None or packed_first_mask is None:
+        full: torch.Tensor = type(layer).forward(layer, hidden_states, *args, **kwargs)
+        return full
+    attention = layer.attention.self
+    tokens = hidden_states[0]  # [tokens, hidden]
+    first = tokens.index_select(0, packed_first)  # [examples, hidden]
+    count, longest = packed_first_mask.shape
+    heads, width = attention.num_attention_heads, attention.attention_head_size
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or self.inplace or input.device.type != "cpu":
-            return super().forward(input)
-        keep, rescale = _keep(input.shape, self.p)
-        return input * (keep * rescale).to(input.dtype)
+    def grid(projection: torch.nn.Module) -> torch.Tensor:
+        rows: torch.Tensor = projection(tokens).index_select(0, packed_first_keys)
+        return rows.view(count, longest, heads, width).transpose(1, 2)
+
+    query = attention.query(first).view(count, 1, heads, width).transpose(1, 2)
+    dropout = attention.dropout.p if attention.training else 0.0
+    mask = packed_first_mask.view(count, 1, 1, longest)
+    context = _attend(query, grid(attention.key), grid(attention.value), mask, dropout,
+                      attention.scaling)  # fmt: skip
+    attended = layer.attention.output(context.reshape(count, heads * width), first)
+    out = layer.output(layer.intermediate(attended), attended)
+    return hidden_states.index_copy(1, packed_first, out.unsqueeze(0))
 
 
 def _repad(module: torch.nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
