@@ -27,6 +27,9 @@ def test_a_killed_runs_folder_and_servers_go(tmp_path: Path) -> None:
     server = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(600)", str(killed / "minio0")]
     )
+    # Its parent wakes from exec before the kernel has set the new command line.
+    cmdline = Path(f"/proc/{server.pid}/cmdline")
+    wait_for(lambda: str(killed).encode() in cmdline.read_bytes(), 30, "the server to start")
     try:
         assert remove_killed_runs(current) == [killed]
         wait_for(lambda: server.poll() is not None, 30, "the killed run's server to stop")
