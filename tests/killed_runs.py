@@ -43,9 +43,9 @@ def _killed(folder: Path) -> bool:
     if not pid.isdigit():
         return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(pid), 0)  # PermissionError: another user's process, so running
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False
+        pass
     return False

@@ -327,7 +327,7 @@ def sweep_stale(keep: Path | None = None) -> list[Path]:
     every set but `keep`'s is stale. They are found by their mounts and command lines,
     never by their saved pids, which a restarted machine may have given to others.
     Returns the control-plane folders it tore the nodes of down."""
-    found = {m.group(1) for text in host.mounts() if (m := _NODE_PATH.match(text + "/"))}
+    found = {m.group(1) for text in host.mounts() if (m := _NODE_PATH.match(text))}
     found |= {m.group(1) for _, cmd in host.processes() for m in _NODE_PATH.finditer(cmd)}
     stale = sorted(Path(d) for d in found if keep is None or Path(d) != keep)
     for cluster_dir in stale:
