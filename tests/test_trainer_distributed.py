@@ -43,7 +43,7 @@ def reference_training(
         step_allocations,
         stream,
     )
-    from finetune_trainer.train import build_optimizer
+    from finetune_trainer.optimizer import build_optimizer
 
     parsed = FineTuneJobSpec.model_validate(spec)
     source = Source(parsed)

@@ -16,8 +16,9 @@ padded again (zeros where padding was), so the pooler and the classifier see the
 shape they always see. Without dropout the arithmetic is the padded model's: tests
 compare logits and trained weights with the padded model's. The order of the data
 is untouched, unlike length grouping, so accuracy is that of padded training; only
-the padding's wasted work goes. Dropout is torch's throughout; on a GPU the batch
-stays one call through torch's attention.
+the padding's wasted work goes. On a CPU, dropout's masks (the attention's and the
+hidden states') are drawn here, more cheaply than torch's draw (_keep); on a GPU the
+batch stays one call through torch's attention, with torch's dropout.
 
 A sequence classifier reads one token per example: the pooler takes each example's
 first token ([CLS]) from the last layer. So in training the last layer computes that
@@ -88,6 +89,10 @@ def enable(model: Any, device_type: str = "cpu") -> Packer | None:
     if model.config._attn_implementation != NAME:  # refused (transformers logs why)
         return None
     model.base_model.encoder.register_forward_hook(_repad, with_kwargs=True)
+    if device_type == "cpu":
+        for module in model.modules():
+            if type(module) is torch.nn.Dropout:
+                module.__class__ = DrawnDropout
     if _reads_first_tokens(model):
         last = model.base_model.encoder.layer[-1]
         last.forward = types.MethodType(_first_tokens_layer, last)
@@ -255,11 +260,45 @@ def _attend(
     dropout: float,
     scale: float | None,
 ) -> torch.Tensor:
-    """Attention of one call, [examples, heads, length, width]: torch's, dropout
-    included (a cheaper draw of its own cost accuracy: docs/benchmarks.md)."""
-    return torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale
-    )
+    """Attention of one call, [examples, heads, length, width]. With dropout on a CPU
+    it is written out here, with the cheaper draw (_keep); elsewhere it is torch's
+    scaled_dot_product_attention."""
+    if dropout == 0.0 or query.device.type != "cpu":
+        return torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale
+        )
+    scale = scale if scale is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query * scale, key.transpose(-1, -2))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf)
+    weights = scores.softmax(-1)
+    keep, rescale = _keep(weights.shape, dropout)
+    return torch.matmul(weights * keep, value) * rescale
+
+
+def _keep(shape: torch.Size, dropout: float) -> tuple[torch.Tensor, float]:
+    """A dropout mask of `shape` (True: kept) and the scale that keeps expectations.
+    torch's CPU dropout draws each element from its own random number (7 ns each
+    here); this draws 15 bits per element, four from each 64-bit random word of
+    torch's generator (so a seed and a checkpoint's saved RNG state still fix it),
+    and keeps the element below the threshold: probability 29491/32768 for 0.1."""
+    count = math.prod(shape)
+    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_()
+    draws = words.view(torch.int16)[:count].view(shape).bitwise_and(0x7FFF)
+    threshold = round((1.0 - dropout) * 32768)
+    return draws < threshold, 32768 / threshold
+
+
+class DrawnDropout(torch.nn.Dropout):
+    """torch's Dropout, but in training on a CPU its mask comes from _keep, as the
+    attention's does: the model's hidden-state dropouts (embeddings, each layer's
+    attention output and feed-forward output, the classifier)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or self.inplace or input.device.type != "cpu":
+            return super().forward(input)
+        keep, rescale = _keep(input.shape, self.p)
+        return input * (keep * rescale).to(input.dtype)
 
 
 def _reads_first_tokens(model: Any) -> bool:

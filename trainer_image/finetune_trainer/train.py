@@ -39,9 +39,9 @@ import torch.distributed as dist
 
 from finetune_api.checkpoints import Committed, step_dir
 from finetune_api.env import TrainerEnv
-from finetune_api.types import TrainingSpec
 
 from . import packing
+from .allocator import keep_freed_memory
 from .batching import WINDOW, ShortStream, grouped_by, in_order, plan_steps, run_size
 from .checkpoint import BackgroundUploader, CheckpointStore
 from .config import TrainerConfig, uses_gpu
@@ -59,6 +59,7 @@ from .errors import PermanentError
 from .evaluation import Evaluator
 from .metrics import TrainerMetrics
 from .model import load
+from .optimizer import build_optimizer, clipped_step, fuses_clipping
 from .precision import cpu_has_amx, cpu_has_bf16, describe, mixed_precision, read_cpuinfo
 from .schedule import Schedule
 from .state import TrainerState, load_trainer_state, restore, rng_state, save
@@ -89,35 +90,6 @@ def _broadcast(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def build_optimizer(model: torch.nn.Module, t: TrainingSpec, total: int) -> tuple[Any, Any]:
-    """AdamW (no decay on biases and LayerNorm) and the spec's schedule with warm-up.
-
-    The fused AdamW kernel, as the Trainer's default optimizer (adamw_torch_fused) uses,
-    on CPUs too: the per-parameter loop of the plain implementation took a third of
-    each CPU step. Devices without the kernel fall back to the multi-tensor one.
-    """
-    from transformers import get_scheduler
-
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, p in model.named_parameters():
-        no_bias = p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias")
-        (no_decay if no_bias else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": t.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    try:
-        optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, fused=True)
-    except RuntimeError:
-        optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, foreach=True)
-    warmup = t.warmup_steps or math.ceil(t.warmup_ratio * total)
-    scheduler = get_scheduler(
-        t.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total
-    )
-    return optimizer, scheduler
 
 
 def _count(n: int, one: str, many: str) -> str:
@@ -210,6 +182,7 @@ class Run:
         if not use_cuda:
             # Each process gets its share of the pod's CPUs, not all of them.
             torch.set_num_threads(cfg.cpu_threads)
+            keep_freed_memory()  # large tensors reuse their pages (allocator.py)
         elif cfg.procs_per_node != torch.cuda.device_count():
             log.warning(
                 "%d training processes on %d visible GPUs: one process drives one GPU; "
@@ -533,9 +506,12 @@ class Run:
             if real:  # summed on the device, read once per step below
                 loss_sum += per_example.detach().sum()
                 tokens += packing.real_tokens(batch)
-        if t.max_grad_norm > 0:
-            self.acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-        optimizer.step()
+        if t.max_grad_norm > 0 and fuses_clipping(optimizer):
+            clipped_step(optimizer, list(model.parameters()), t.max_grad_norm)
+        else:
+            if t.max_grad_norm > 0:
+                self.acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+            optimizer.step()
         sess.scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         # The reduction every step makes anyway carries the stop request too.
