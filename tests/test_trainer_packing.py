@@ -104,6 +104,53 @@ def test_attention_calls_group_examples_of_near_lengths() -> None:
     assert packing._plan(lengths, math.inf) == [[0, 2, 3, 5, 1, 4]]
 
 
+def test_cpu_attention_dropout_drops_its_share_and_keeps_the_expectation() -> None:
+    # On a CPU, training attention (dropout > 0) is packing's own, with its own draw.
+    torch.manual_seed(0)
+    dropout = 0.1
+    keep, _ = packing._keep(torch.Size([1000, 1000]), dropout)
+    assert abs(float((~keep).float().mean()) - dropout) < 2e-3
+    query, key, value = (torch.randn(2, 2, 6, 4) for _ in range(3))
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2]).view(2, 1, 1, 6)
+    plain = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    draws = torch.stack(
+        [packing._attend(query, key, value, mask, dropout, None) for _ in range(4000)]
+    )
+    assert not torch.allclose(draws[0], plain)  # one draw drops weights
+    torch.testing.assert_close(draws.mean(0), plain, atol=0.02, rtol=0)
+    # Padding keys count for nothing, and a seed fixes the draw.
+    torch.manual_seed(1)
+    once = packing._attend(query, key, value, mask, dropout, None)
+    key[1, :, 4:], value[1, :, 4:] = 100.0, -100.0
+    torch.manual_seed(1)
+    torch.testing.assert_close(packing._attend(query, key, value, mask, dropout, None), once)
+
+
+def test_cpu_hidden_dropout_is_drawn_the_same_way(tiny_model: Path) -> None:
+    # The model's Dropout modules (embeddings, each layer's outputs, the classifier)
+    # draw as the attention does on a CPU, and stay torch's elsewhere.
+    model, _ = load(tiny_model)
+    dropouts = [m for m in model.modules() if type(m) is torch.nn.Dropout]
+    assert dropouts
+    assert packing.enable(model, "cpu")
+    assert all(type(m) is packing.DrawnDropout for m in dropouts)
+    elsewhere, _ = load(tiny_model)
+    assert packing.enable(elsewhere, "cuda")
+    assert not [m for m in elsewhere.modules() if isinstance(m, packing.DrawnDropout)]
+
+    layer, x = packing.DrawnDropout(0.1), torch.randn(1000, 1000, requires_grad=True)
+    torch.manual_seed(0)
+    out = layer(x)
+    kept = out != 0
+    assert abs(1 - float(kept.float().mean()) - 0.1) < 2e-3
+    torch.testing.assert_close(out[kept], x[kept] / 0.9, rtol=1e-4, atol=0)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, kept / 0.9, rtol=1e-4, atol=0)  # the same mask
+    torch.manual_seed(0)
+    assert torch.equal(layer(x), out)  # a seed fixes the draw
+    assert torch.equal(layer.eval()(x), x)
+
+
 def test_the_saved_model_loads_without_the_trainer(tiny_model: Path, tmp_path: Path) -> None:
     model, _ = load(tiny_model)
     assert packing.enable(model)

@@ -273,20 +273,24 @@ def _attend(
         scores = scores.masked_fill(~mask, -math.inf)
     weights = scores.softmax(-1)
     keep, rescale = _keep(weights.shape, dropout)
-    return torch.matmul(weights * keep, value) * rescale
+    return torch.matmul(torch.where(keep, weights, 0.0), value) * rescale
 
 
 def _keep(shape: torch.Size, dropout: float) -> tuple[torch.Tensor, float]:
     """A dropout mask of `shape` (True: kept) and the scale that keeps expectations.
     torch's CPU dropout draws each element from its own random number (7 ns each
-    here); this draws 15 bits per element, four from each 64-bit random word of
+    here); this draws 16 bits per element, four from each 64-bit random word of
     torch's generator (so a seed and a checkpoint's saved RNG state still fix it),
-    and keeps the element below the threshold: probability 29491/32768 for 0.1."""
+    and keeps the element below the threshold: probability 58982/65536 for 0.1."""
+    kept = round((1.0 - dropout) * 65536)  # of the 65536 values a draw takes
+    if kept <= 0 or kept >= 65536:
+        return torch.full(shape, kept > 0), 1.0 if kept > 0 else 0.0
     count = math.prod(shape)
-    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_()
-    draws = words.view(torch.int16)[:count].view(shape).bitwise_and(0x7FFF)
-    threshold = round((1.0 - dropout) * 32768)
-    return draws < threshold, 32768 / threshold
+    # The full 64-bit range: each of a word's four 16-bit pieces is uniform (random_()
+    # alone leaves the top bit 0). Signed, a piece is below kept - 32768 kept/65536 of the time.
+    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+    draws = words.view(torch.int16)[:count].view(shape)
+    return draws < kept - 32768, 65536 / kept
 
 
 class DrawnDropout(torch.nn.Dropout):
