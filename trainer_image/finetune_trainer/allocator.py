@@ -3,9 +3,9 @@
 Every CPU step allocates tensors larger than glibc's largest mmap threshold (32 MB):
 the word embeddings' dense gradient alone is 47 MB for MiniLM's vocabulary. glibc
 maps each such block from the kernel and unmaps it when it is freed, so each step
-zero-fills it again page by page, through a page fault per 4 KB: about 12,000 faults
-and 10 ms of a 210 ms MiniLM step. Served from the heap, and with freed heap memory
-kept rather than trimmed, the next step reuses the same pages (bare steps 1.04-1.09x,
+zero-fills it again page by page, through a page fault per 4 KB: about 11,500 faults
+and 10 ms of a 215 ms MiniLM step. Served from the heap, and with freed heap memory
+kept rather than trimmed, the next step reuses the same pages (bare steps 1.09x,
 docs/benchmarks.md). The process then holds its peak memory between steps, which is
 what the next step needs anyway. GPU training allocates little on the host and is
 left as it is.
@@ -31,7 +31,7 @@ def keep_freed_memory() -> bool:
     if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
         return False
     # mallopt returns 1 on success.
-    done = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, KEEP) == 1
+    done = bool(libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, KEEP) == 1)
     if not done:
         log.warning("glibc refused mallopt; large CPU tensors stay mmapped")
     return done
