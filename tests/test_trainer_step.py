@@ -69,7 +69,7 @@ FAULTS = textwrap.dedent(
     if sys.argv[1] == "keep":
         assert keep_freed_memory()
     faults = []
-    for _ in range(24):
+    for _ in range(40):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         grad = torch.zeros(30522, 384)  # MiniLM's word embeddings' gradient, 47 MB
         del grad
