@@ -164,6 +164,7 @@ class Session:
     uploader: BackgroundUploader
     evaluator: Evaluator
     last_save: float = field(default_factory=time.monotonic)
+    clip_in_step: bool = False  # clipping folded into the optimizer step (optimizer.py)
 
 
 class Run:
@@ -401,6 +402,7 @@ class Run:
             self.ckpt, on_done=self._committed, on_bytes=self.metrics.checkpoint_bytes.inc
         )
         sess = Session(model, optimizer, scheduler, index, uploader, evaluator)
+        sess.clip_in_step = fuses_clipping(optimizer)
         position = (
             state.positions[self.rank]
             if len(state.positions) == self.world
@@ -506,7 +508,7 @@ class Run:
             if real:  # summed on the device, read once per step below
                 loss_sum += per_example.detach().sum()
                 tokens += packing.real_tokens(batch)
-        if t.max_grad_norm > 0 and fuses_clipping(optimizer):
+        if t.max_grad_norm > 0 and sess.clip_in_step:
             clipped_step(optimizer, list(model.parameters()), t.max_grad_norm)
         else:
             if t.max_grad_norm > 0:
