@@ -27,6 +27,7 @@ import argparse
 import functools
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -127,11 +128,23 @@ def ftctl_local(
     argv = [str(Path(sys.executable).parent / "ftctl"), "run", "--local", "-f", str(path),
             "--device", "cpu", "--metrics-port", "0", "--work-dir", str(work / name)]  # fmt: skip
     full = {**os.environ, **(env or {}), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(argv, capture_output=True, text=True, env=full, check=False)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, env=full, check=False, preexec_fn=ends_with_us
+    )
     out = done.stdout + done.stderr
     if done.returncode != 0:
         raise RuntimeError(f"ftctl run failed ({done.returncode}):\n{out[-3000:]}")
     return out
+
+
+def ends_with_us() -> None:
+    """In the child before it execs: SIGTERM it when this bench dies, however it dies.
+    `ftctl run --local` passes SIGTERM on to its trainer processes, so an interrupted
+    bench leaves none of them running."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1  # linux/prctl.h
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def samples_per_second(out: str) -> float:
