@@ -129,7 +129,7 @@ def ftctl_local(
             "--device", "cpu", "--metrics-port", "0", "--work-dir", str(work / name)]  # fmt: skip
     full = {**os.environ, **(env or {}), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        argv, capture_output=True, text=True, env=full, check=False, preexec_fn=ends_with_us
+        argv, capture_output=True, text=True, env=full, check=False, preexec_fn=ends_with_us()
     )
     out = done.stdout + done.stderr
     if done.returncode != 0:
@@ -137,14 +137,15 @@ def ftctl_local(
     return out
 
 
-def ends_with_us() -> None:
-    """In the child before it execs: SIGTERM it when this bench dies, however it dies.
-    `ftctl run --local` passes SIGTERM on to its trainer processes, so an interrupted
-    bench leaves none of them running."""
+def ends_with_us() -> Callable[[], None]:
+    """What a child runs before it execs: SIGTERM it when this bench dies, however it
+    dies. `ftctl run --local` passes SIGTERM on to its trainer processes, so an
+    interrupted bench leaves none of them running. prctl is looked up here, in the
+    parent: the forked child of a threaded process only calls it."""
     import ctypes
 
-    PR_SET_PDEATHSIG = 1  # linux/prctl.h
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    pr_set_pdeathsig = 1  # linux/prctl.h
+    return functools.partial(ctypes.CDLL(None).prctl, pr_set_pdeathsig, signal.SIGTERM)
 
 
 def samples_per_second(out: str) -> float:
