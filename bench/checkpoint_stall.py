@@ -8,12 +8,15 @@ side in one session, rounds alternating the order:
 - without a checkpoint inside the measured steps, and with one every `--every` steps (the
   trainer snapshots locally, then uploads in the background while training goes on);
 - the time training lost per checkpoint: the difference of the two runs' training time,
-  divided by the checkpoints taken; against what a blocking upload of the same bytes would
-  lose, the training pause for the snapshot plus the upload time, both from the trainer's
-  log of the same run (a blocking upload is those two, one after the other);
+  divided by the checkpoints taken; against what a blocking checkpoint of the same bytes
+  would lose: the training pause for the snapshot (from the trainer's log of the same runs)
+  plus writing, hashing and uploading one checkpoint's files with training stopped;
 - the upload rate of one checkpoint's files: the trainer's store (`CheckpointStore.commit`:
   sha256 of each file, boto3 transfers with 8 MiB parts, 8 threads, then the manifest)
   against plain boto3 `upload_file` (its default transfer settings) of the same files.
+
+On a cluster the S3 server is another machine. So by default the S3 server runs pinned to
+the last core and the trainer to the others, in every run (`--shared`: all on all cores).
 
 Prints a Markdown table for docs/benchmarks.md.
 """
@@ -67,8 +70,21 @@ def run(s3: S3Server, work: Path, steps: int, every: int, prefix: str) -> dict[s
     return {"rate": rate, "checkpoints": checkpoints}
 
 
-def upload_rates(s3: S3Server, work: Path, rounds: int) -> tuple[float, float, int]:
-    """MB/s of the trainer's store and of plain boto3 for the newest checkpoint's files."""
+def pin(s3: S3Server, shared: bool) -> str:
+    """The S3 server on the last core and this process (and what it starts) on the
+    others, unless `shared`; says where each runs."""
+    cores = sorted(os.sched_getaffinity(0))
+    if shared or len(cores) < 2:
+        return f"the S3 server and the trainer share all {len(cores)} cores"
+    for task in Path(f"/proc/{s3.proc.pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cores[-1]})  # threads it starts inherit it
+    os.sched_setaffinity(0, set(cores[:-1]))
+    return f"the S3 server on core {cores[-1]}, the trainer on cores {cores[:-1]}"
+
+
+def upload_rates(s3: S3Server, work: Path, rounds: int) -> tuple[float, float, float, int]:
+    """MB/s of the trainer's store and of plain boto3 for the newest checkpoint's files,
+    and the seconds to write, hash and commit them (a blocking checkpoint's work)."""
     from finetune_api.types import S3Spec
     from finetune_trainer.checkpoint import CheckpointStore
 
@@ -87,7 +103,16 @@ def upload_rates(s3: S3Server, work: Path, rounds: int) -> tuple[float, float, i
     spec = S3Spec(endpoint=s3.endpoint, force_path_style=True)
     ours: list[float] = []
     plain: list[float] = []
+    blocking: list[float] = []
+    held = {p: p.read_bytes() for p in files}
     for i in range(rounds):
+        began = time.monotonic()
+        written = work / f"written-{i}"
+        for p, data in held.items():
+            (written / p.relative_to(local)).parent.mkdir(parents=True, exist_ok=True)
+            (written / p.relative_to(local)).write_bytes(data)
+        CheckpointStore(f"s3://ckpt/blocking-{i}", spec).commit(written, 2000 + i)
+        blocking.append(time.monotonic() - began)
         for which in ("ours", "plain") if i % 2 == 0 else ("plain", "ours"):
             began = time.monotonic()
             if which == "ours":
@@ -97,7 +122,7 @@ def upload_rates(s3: S3Server, work: Path, rounds: int) -> tuple[float, float, i
                 for p in files:
                     client.upload_file(str(p), "ckpt", f"up-plain-{i}/{p.relative_to(local)}")
                 plain.append(size / (time.monotonic() - began) / 1e6)
-    return statistics.mean(ours), statistics.mean(plain), size
+    return statistics.mean(ours), statistics.mean(plain), statistics.mean(blocking), size
 
 
 def main() -> None:
@@ -105,6 +130,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=50, help="steps between checkpoints")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--shared", action="store_true", help="S3 server on the trainer's cores")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -113,6 +139,8 @@ def main() -> None:
         s3.start()
         try:
             s3.client().create_bucket(Bucket="ckpt")
+            where = pin(s3, args.shared)
+            print(f"# {where}", flush=True)
             results: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
             for i in range(args.rounds):
                 for name in ("without", "with") if i % 2 == 0 else ("with", "without"):
@@ -120,19 +148,20 @@ def main() -> None:
                     got = run(s3, work, args.steps, every, f"{name}-{i}")
                     results[name].append(got)
                     print(f"# round {i + 1}: {name}: {got}", flush=True)
-            ours, plain, size = upload_rates(s3, work, 3)
+            ours, plain, blocking, size = upload_rates(s3, work, 3)
         finally:
             s3.stop()
-    report(results, args, ours, plain, size)
+    report(results, args, (ours, plain, blocking), size, where)
 
 
 def report(
     results: dict[str, list[dict[str, Any]]],
     args: argparse.Namespace,
-    ours: float,
-    plain: float,
+    idle: tuple[float, float, float],
     size: int,
+    where: str,
 ) -> None:
+    ours, plain, blocking = idle
     seconds = {n: statistics.mean(args.steps * BATCH / r["rate"] for r in rs)
                for n, rs in results.items()}  # fmt: skip
     inside = [c for r in results["with"] for c in r["checkpoints"] if c[0] < args.steps]
@@ -141,13 +170,19 @@ def report(
     pause = statistics.mean(c[2] for c in inside)
     upload = statistics.mean(c[1] for c in inside)
     print(f"\n{args.steps} steps, a checkpoint every {args.every} ({per_run:.0f} inside the "
-          f"measured steps), {size / 1e6:.0f} MB each, {args.rounds} rounds\n")  # fmt: skip
+          f"measured steps), {size / 1e6:.0f} MB each, {args.rounds} rounds")  # fmt: skip
+    print(f"({where})\n")
     print("| | seconds |\n|---|---|")
     print(f"| training time, no checkpoint | {seconds['without']:.1f} |")
     print(f"| training time, checkpoints uploaded in the background | {seconds['with']:.1f} |")
     print(f"| lost per checkpoint, background upload | {lost:.2f} |")
     print(f"| of which the snapshot pause | {pause:.2f} |")
-    print(f"| lost per checkpoint, blocking upload (pause + upload) | {pause + upload:.2f} |")
+    print(f"| upload in the background (write, hash, commit), while training | {upload:.2f} |")
+    print(
+        f"| lost per checkpoint, blocking (pause + the same work, training stopped) "
+        f"| {pause + blocking:.2f} |"
+    )
+    print(f"| background loss / blocking loss | {lost / (pause + blocking):.0%} |")
     print("\n| upload of one checkpoint | MB/s |\n|---|---|")
     print(f"| the trainer's store (commit, with sha256 and manifest) | {ours:.0f} |")
     print(f"| boto3 upload_file, defaults | {plain:.0f} |")

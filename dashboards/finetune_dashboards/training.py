@@ -106,7 +106,7 @@ def checkpoint_row(d: dash.Dashboard) -> None:
             "s",
             Q(mean_of(M.CHECKPOINT_SAVE_SECONDS), "training paused"),
             Q(mean_of(M.CHECKPOINT_UPLOAD_SECONDS), "upload and commit"),
-            description="Mean time per checkpoint: the pause of training for the local "
+            description="Mean time per checkpoint: the pause of training for the in-memory "
             "snapshot, and the background upload to storage.",
             span=8,
         )

@@ -9,8 +9,9 @@ back to the previous checkpoint when one is damaged; when none verifies the job
 fails (spec.checkpoints.onCorrupt: restart starts it from step 0 instead). Old checkpoints are
 deleted (manifest first) only after a newer one is committed.
 
-Uploads run in a background thread, so training waits only for the local
-snapshot.
+Uploads run in a background thread at a lower CPU priority, so training waits
+only for the in-memory snapshot (state.py); the thread writes the files, hashing
+them as it writes, and uploads them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -38,6 +40,7 @@ from finetune_api.checkpoints import (
 from finetune_api.types import S3Spec
 
 from .errors import PermanentError, RetryableError
+from .state import FileDigest, Snapshot
 from .storage import S3Store, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -166,12 +169,20 @@ class CheckpointStore:
         step: int,
         metrics: dict[str, float] | None = None,
         on_bytes: Callable[[int], None] | None = None,
+        digests: dict[str, FileDigest] | None = None,
     ) -> Committed:
+        """Upload the files under `local`, then the manifest; `digests` are the files'
+        sizes and SHA-256 where the writer already knows them (else they are read)."""
         folder = step_dir(step)
         files: dict[str, dict[str, Any]] = {}
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
             name = str(path.relative_to(local))
-            files[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+            known = (digests or {}).get(name)
+            files[name] = (
+                {"size": known.size, "sha256": known.sha256}
+                if known
+                else {"size": path.stat().st_size, "sha256": sha256_file(path)}
+            )
             self.store.upload_file(path, f"{folder}/{name}")
             if on_bytes:
                 on_bytes(files[name]["size"])
@@ -224,6 +235,20 @@ class CheckpointStore:
         return 0
 
 
+# The upload thread's nice value (and its transfer threads', which inherit it): when
+# training keeps every core busy, the upload takes the time training leaves idle
+# first (docs/benchmarks.md, "The checkpoint stall").
+UPLOAD_NICE = 10
+
+
+def lower_priority(nice: int = UPLOAD_NICE) -> None:
+    """Lower the calling thread's CPU priority (Linux: nice values are per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as e:  # never a reason to lose a checkpoint
+        log.warning("checkpoint upload runs at normal priority: %s", e)
+
+
 class BackgroundUploader:
     """Commits one checkpoint at a time in a thread; errors surface on the next call."""
 
@@ -240,10 +265,14 @@ class BackgroundUploader:
         self._error: BaseException | None = None
         self.last: Committed | None = None
 
-    def _run(self, local: Path, step: int, metrics: dict[str, float] | None) -> None:
+    def _run(
+        self, snap: Snapshot, local: Path, step: int, metrics: dict[str, float] | None
+    ) -> None:
+        lower_priority()
         started = time.monotonic()
         try:
-            self.last = self.store.commit(local, step, metrics, self.on_bytes)
+            digests = snap.write(local)
+            self.last = self.store.commit(local, step, metrics, self.on_bytes, digests)
             if self.on_done:
                 self.on_done(self.last, time.monotonic() - started)
             shutil.rmtree(local, ignore_errors=True)
@@ -258,9 +287,19 @@ class BackgroundUploader:
             error, self._error = self._error, None
             raise RetryableError(f"checkpoint upload failed: {error}") from error
 
-    def submit(self, local: Path, step: int, metrics: dict[str, float] | None = None) -> None:
+    def submit(
+        self,
+        snap: Snapshot,
+        local: Path,
+        step: int,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        """Write `snap` to `local` and commit it, in the background."""
         self.wait()
         self._thread = threading.Thread(
-            target=self._run, args=(local, step, metrics), name="checkpoint-upload", daemon=True
+            target=self._run,
+            args=(snap, local, step, metrics),
+            name="checkpoint-upload",
+            daemon=True,
         )
         self._thread.start()

@@ -67,7 +67,7 @@ class TrainerMetrics:
         )
         self.checkpoint_save_seconds = Histogram(
             M.CHECKPOINT_SAVE_SECONDS,
-            "Time training paused to snapshot a checkpoint locally.",
+            "Time training paused to snapshot a checkpoint into memory.",
             LABELS,
             buckets=SAVE_BUCKETS,
             registry=r,

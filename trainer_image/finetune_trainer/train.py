@@ -62,7 +62,7 @@ from .model import load
 from .optimizer import build_optimizer, clipped_step, fuses_clipping
 from .precision import cpu_has_amx, cpu_has_bf16, describe, mixed_precision, read_cpuinfo
 from .schedule import Schedule
-from .state import TrainerState, load_trainer_state, restore, rng_state, save
+from .state import TrainerState, load_trainer_state, restore, rng_state, snapshot
 from .stopping import GracefulStop, StopRequest, register
 from .storage import open_store
 from .watchdog import Watchdog, roll_call_group
@@ -634,8 +634,7 @@ class Run:
             if local.exists():
                 shutil.rmtree(local)
             sess.uploader.wait()
-            save(
-                local,
+            snap = snapshot(
                 self.acc.unwrap_model(sess.model),
                 sess.optimizer.optimizer,
                 sess.scheduler,
@@ -645,7 +644,7 @@ class Run:
             )
             self._save_seconds = time.monotonic() - began
             self.metrics.checkpoint_save_seconds.observe(self._save_seconds)
-            sess.uploader.submit(local, state.global_step, dict(state.eval_metrics))
+            sess.uploader.submit(snap, local, state.global_step, dict(state.eval_metrics))
 
     def _committed(self, committed: Committed, seconds: float) -> None:
         self._checkpoint_seconds = self._save_seconds + seconds  # what a stop must allow for

@@ -1,0 +1,104 @@
+"""A checkpoint is the state at the moment training paused for it, although its files are
+written, hashed and uploaded later, in a thread of lower priority, while training goes on."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from finetune_trainer.checkpoint import UPLOAD_NICE, BackgroundUploader, CheckpointStore
+from finetune_trainer.data.units import DataIndex
+from finetune_trainer.state import TrainerState, restore, rng_state, snapshot
+
+
+class Tied(torch.nn.Module):
+    """An embedding tied to the output layer, as language models tie them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(11, 4)
+        self.out = torch.nn.Linear(4, 11, bias=False)
+        self.out.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.out(self.embed(ids))
+        return out
+
+
+def train_step(model: Tied, optimizer: torch.optim.Optimizer) -> None:
+    loss = torch.nn.functional.cross_entropy(model(torch.arange(8)), torch.arange(8).flip(0))
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def prepared() -> tuple[Tied, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    torch.manual_seed(3)
+    model = Tied()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, total_iters=10)
+    return model, optimizer, scheduler
+
+
+def test_a_checkpoint_holds_the_state_of_its_pause(tmp_path: Path) -> None:
+    """Training goes on after the snapshot; the committed files are the state at the pause
+    (not what the weights became while they were written), with the sizes and SHA-256 of
+    the files as uploaded, and restore into a fresh model brings that state back."""
+    model, optimizer, scheduler = prepared()
+    train_step(model, optimizer)
+    scheduler.step()
+    at_pause = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {k: v.clone() for k, v in optimizer.state[model.embed.weight].items()}
+    snap = snapshot(
+        model, optimizer, scheduler, TrainerState(global_step=1), [rng_state()],
+        DataIndex(units=[], counts={}),
+    )  # fmt: skip
+    train_step(model, optimizer)  # the next steps run while the upload does
+    assert not torch.equal(model.embed.weight, at_pause["embed.weight"])
+
+    store = CheckpointStore(f"file://{tmp_path}/ckpt", None)
+    uploader = BackgroundUploader(store)
+    uploader.submit(snap, tmp_path / "snapshots" / "step-1", 1)
+    uploader.wait()
+    committed = store.committed()[-1]
+    folder = tmp_path / "ckpt" / committed.folder
+    for name, meta in committed.manifest["files"].items():
+        data = (folder / name).read_bytes()
+        assert meta == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}, name
+    # The tied weight is stored once, under one name.
+    assert list(load_file(str(folder / "model.safetensors"))) == ["embed.weight"]
+
+    fresh, fresh_optimizer, fresh_scheduler = prepared()
+    train_step(fresh, fresh_optimizer)  # so the optimizer has state to overwrite
+    restore(folder, fresh, fresh_optimizer, fresh_scheduler, rank=0)
+    for key, value in at_pause.items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    assert fresh.out.weight is fresh.embed.weight  # still tied after the restore
+    restored = fresh_optimizer.state[fresh.embed.weight]
+    for key, value in moments.items():
+        assert torch.equal(restored[key], value), key
+    assert fresh_scheduler.state_dict()["last_epoch"] == 1
+    assert not (tmp_path / "snapshots" / "step-1").exists()  # the local copy is gone
+
+
+def test_the_upload_runs_at_a_lower_priority(tmp_path: Path) -> None:
+    """The thread that writes and uploads a checkpoint yields the CPU to training."""
+    seen: list[int] = []
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    model, optimizer, scheduler = prepared()
+    snap = snapshot(
+        model, optimizer, scheduler, TrainerState(), [rng_state()], DataIndex(units=[], counts={})
+    )
+    uploader = BackgroundUploader(
+        CheckpointStore(f"file://{tmp_path}/ckpt", None),
+        on_done=lambda *_: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())),
+    )
+    uploader.submit(snap, tmp_path / "snapshot", 0)
+    uploader.wait()
+    assert seen == [min(ours + UPLOAD_NICE, 19)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ours
