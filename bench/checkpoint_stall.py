@@ -10,7 +10,8 @@ side in one session, rounds alternating the order:
 - the time training lost per checkpoint: the difference of the two runs' training time,
   divided by the checkpoints taken; against what a blocking checkpoint of the same bytes
   would lose: the training pause for the snapshot (from the trainer's log of the same runs)
-  plus writing, hashing and uploading one checkpoint's files with training stopped;
+  plus the upload thread's work for one checkpoint (`CheckpointStore.commit_snapshot`:
+  serialise, hash and upload each file from memory) with training stopped;
 - the upload rate of one checkpoint's files: the trainer's store (`CheckpointStore.commit`:
   sha256 of each file, boto3 transfers with 8 MiB parts, 8 threads, then the manifest)
   against plain boto3 `upload_file` (its default transfer settings) of the same files.
@@ -84,9 +85,12 @@ def pin(s3: S3Server, shared: bool) -> str:
 
 def upload_rates(s3: S3Server, work: Path, rounds: int) -> tuple[float, float, float, int]:
     """MB/s of the trainer's store and of plain boto3 for the newest checkpoint's files,
-    and the seconds to write, hash and commit them (a blocking checkpoint's work)."""
+    and the seconds to commit them from memory (a blocking checkpoint's work)."""
+    from safetensors.torch import load_file
+
     from finetune_api.types import S3Spec
     from finetune_trainer.checkpoint import CheckpointStore
+    from finetune_trainer.state import Snapshot
 
     client = s3.client()
     listed = client.list_objects_v2(Bucket="ckpt", Prefix="with-0/")["Contents"]
@@ -104,14 +108,13 @@ def upload_rates(s3: S3Server, work: Path, rounds: int) -> tuple[float, float, f
     ours: list[float] = []
     plain: list[float] = []
     blocking: list[float] = []
-    held = {p: p.read_bytes() for p in files}
     for i in range(rounds):
+        names = {p: str(p.relative_to(local)) for p in files}
+        tensors = {names[p]: load_file(p) for p in files if p.suffix == ".safetensors"}
+        documents = {names[p]: p.read_bytes() for p in files if names[p] not in tensors}
+        snap = Snapshot(tensors, {}, documents)
         began = time.monotonic()
-        written = work / f"written-{i}"
-        for p, data in held.items():
-            (written / p.relative_to(local)).parent.mkdir(parents=True, exist_ok=True)
-            (written / p.relative_to(local)).write_bytes(data)
-        CheckpointStore(f"s3://ckpt/blocking-{i}", spec).commit(written, 2000 + i)
+        CheckpointStore(f"s3://ckpt/blocking-{i}", spec).commit_snapshot(snap, 2000 + i)
         blocking.append(time.monotonic() - began)
         for which in ("ours", "plain") if i % 2 == 0 else ("plain", "ours"):
             began = time.monotonic()
@@ -177,7 +180,7 @@ def report(
     print(f"| training time, checkpoints uploaded in the background | {seconds['with']:.1f} |")
     print(f"| lost per checkpoint, background upload | {lost:.2f} |")
     print(f"| of which the snapshot pause | {pause:.2f} |")
-    print(f"| upload in the background (write, hash, commit), while training | {upload:.2f} |")
+    print(f"| the upload in the background, while training | {upload:.2f} |")
     print(
         f"| lost per checkpoint, blocking (pause + the same work, training stopped) "
         f"| {pause + blocking:.2f} |"

@@ -1,5 +1,5 @@
 """A checkpoint is the state at the moment training paused for it, although its files are
-written, hashed and uploaded later, in a thread of lower priority, while training goes on."""
+made, hashed and uploaded later, in a thread of lower priority, while training goes on."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from finetune_api.types import S3Spec
 from finetune_trainer.checkpoint import UPLOAD_NICE, BackgroundUploader, CheckpointStore
 from finetune_trainer.data.units import DataIndex
 from finetune_trainer.state import TrainerState, restore, rng_state, snapshot
@@ -45,10 +47,14 @@ def prepared() -> tuple[Tied, torch.optim.Optimizer, torch.optim.lr_scheduler.LR
     return model, optimizer, scheduler
 
 
-def test_a_checkpoint_holds_the_state_of_its_pause(tmp_path: Path) -> None:
-    """Training goes on after the snapshot; the committed files are the state at the pause
-    (not what the weights became while they were written), with the sizes and SHA-256 of
-    the files as uploaded, and restore into a fresh model brings that state back."""
+@pytest.mark.parametrize("where", ["s3", "file"])
+def test_a_checkpoint_holds_the_state_of_its_pause(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training goes on after the snapshot; the committed files (in the S3 server, or on a
+    volume) are the state at the pause, not what the weights became while they were
+    uploaded, with their sizes and SHA-256 in the manifest, and restore into a fresh model
+    brings that state back."""
     model, optimizer, scheduler = prepared()
     train_step(model, optimizer)
     scheduler.step()
@@ -61,13 +67,14 @@ def test_a_checkpoint_holds_the_state_of_its_pause(tmp_path: Path) -> None:
     train_step(model, optimizer)  # the next steps run while the upload does
     assert not torch.equal(model.embed.weight, at_pause["embed.weight"])
 
-    store = CheckpointStore(f"file://{tmp_path}/ckpt", None)
+    store = checkpoint_store(where, tmp_path, request, monkeypatch)
     uploader = BackgroundUploader(store)
-    uploader.submit(snap, tmp_path / "snapshots" / "step-1", 1)
+    uploader.submit(snap, 1)
     uploader.wait()
-    committed = store.committed()[-1]
-    folder = tmp_path / "ckpt" / committed.folder
+    (committed,) = store.committed()
+    folder = tmp_path / "restored" / committed.folder
     for name, meta in committed.manifest["files"].items():
+        store.store.download_file(f"{committed.folder}/{name}", folder / name)
         data = (folder / name).read_bytes()
         assert meta == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}, name
     # The tied weight is stored once, under one name.
@@ -83,7 +90,21 @@ def test_a_checkpoint_holds_the_state_of_its_pause(tmp_path: Path) -> None:
     for key, value in moments.items():
         assert torch.equal(restored[key], value), key
     assert fresh_scheduler.state_dict()["last_epoch"] == 1
-    assert not (tmp_path / "snapshots" / "step-1").exists()  # the local copy is gone
+
+
+def checkpoint_store(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> CheckpointStore:
+    if where == "file":
+        return CheckpointStore(f"file://{tmp_path}/ckpt", None)
+    from trainer_support import ensure_bucket
+
+    s3 = request.getfixturevalue("s3")
+    ensure_bucket(s3.client(), "ckpt")
+    for key, value in s3.env().items():  # what the pod gets from its Secret
+        monkeypatch.setenv(key, value)
+    spec = S3Spec.model_validate({"endpoint": s3.endpoint, "forcePathStyle": True})
+    return CheckpointStore(f"s3://ckpt/snapshot-{tmp_path.name}", spec)
 
 
 def test_the_upload_runs_at_a_lower_priority(tmp_path: Path) -> None:
@@ -98,7 +119,7 @@ def test_the_upload_runs_at_a_lower_priority(tmp_path: Path) -> None:
         CheckpointStore(f"file://{tmp_path}/ckpt", None),
         on_done=lambda *_: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())),
     )
-    uploader.submit(snap, tmp_path / "snapshot", 0)
+    uploader.submit(snap, 0)
     uploader.wait()
     assert seen == [min(ours + UPLOAD_NICE, 19)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ours

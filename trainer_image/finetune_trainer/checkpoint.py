@@ -10,8 +10,8 @@ fails (spec.checkpoints.onCorrupt: restart starts it from step 0 instead). Old c
 deleted (manifest first) only after a newer one is committed.
 
 Uploads run in a background thread at a lower CPU priority, so training waits
-only for the in-memory snapshot (state.py); the thread writes the files, hashing
-them as it writes, and uploads them.
+only for the in-memory snapshot (state.py); the thread serialises each file, hashes
+it and uploads it from memory.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from finetune_api.checkpoints import (
 from finetune_api.types import S3Spec
 
 from .errors import PermanentError, RetryableError
-from .state import FileDigest, Snapshot
+from .state import Snapshot
 from .storage import S3Store, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -169,29 +169,48 @@ class CheckpointStore:
         step: int,
         metrics: dict[str, float] | None = None,
         on_bytes: Callable[[int], None] | None = None,
-        digests: dict[str, FileDigest] | None = None,
     ) -> Committed:
-        """Upload the files under `local`, then the manifest; `digests` are the files'
-        sizes and SHA-256 where the writer already knows them (else they are read)."""
+        """Commit the files under `local`."""
+        paths = sorted(p for p in local.rglob("*") if p.is_file())
+        files = ((str(p.relative_to(local)), p.read_bytes()) for p in paths)
+        return self.commit_files(files, step, metrics, on_bytes)
+
+    def commit_snapshot(
+        self,
+        snap: Snapshot,
+        step: int,
+        metrics: dict[str, float] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> Committed:
+        """Commit a snapshot from memory, one file at a time."""
+        return self.commit_files(snap.files(), step, metrics, on_bytes)
+
+    def commit_files(
+        self,
+        named: Iterable[tuple[str, bytes]],
+        step: int,
+        metrics: dict[str, float] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> Committed:
+        """Hash and upload each (name, bytes), then write the manifest."""
         folder = step_dir(step)
         files: dict[str, dict[str, Any]] = {}
-        for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            name = str(path.relative_to(local))
-            known = (digests or {}).get(name)
-            files[name] = (
-                {"size": known.size, "sha256": known.sha256}
-                if known
-                else {"size": path.stat().st_size, "sha256": sha256_file(path)}
-            )
-            self.store.upload_file(path, f"{folder}/{name}")
+        for name, data in named:
+            files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            self.store.upload_bytes(f"{folder}/{name}", data)
             if on_bytes:
-                on_bytes(files[name]["size"])
+                on_bytes(len(data))
+        return self._write_manifest(folder, step, metrics, files)
+
+    def _write_manifest(
+        self, folder: str, step: int, metrics: dict[str, float] | None, files: dict[str, Any]
+    ) -> Committed:
         manifest = {
             "format": FORMAT,
             "step": step,
             "created": datetime.now(UTC).isoformat(),
             "metrics": metrics or {},
-            "files": files,
+            "files": dict(sorted(files.items())),
         }
         # The manifest goes last: from this write on, the checkpoint exists.
         self.store.put_bytes(f"{folder}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
@@ -265,17 +284,13 @@ class BackgroundUploader:
         self._error: BaseException | None = None
         self.last: Committed | None = None
 
-    def _run(
-        self, snap: Snapshot, local: Path, step: int, metrics: dict[str, float] | None
-    ) -> None:
+    def _run(self, snap: Snapshot, step: int, metrics: dict[str, float] | None) -> None:
         lower_priority()
         started = time.monotonic()
         try:
-            digests = snap.write(local)
-            self.last = self.store.commit(local, step, metrics, self.on_bytes, digests)
+            self.last = self.store.commit_snapshot(snap, step, metrics, self.on_bytes)
             if self.on_done:
                 self.on_done(self.last, time.monotonic() - started)
-            shutil.rmtree(local, ignore_errors=True)
         except BaseException as e:  # surfaced to the training thread
             self._error = e
 
@@ -287,18 +302,12 @@ class BackgroundUploader:
             error, self._error = self._error, None
             raise RetryableError(f"checkpoint upload failed: {error}") from error
 
-    def submit(
-        self,
-        snap: Snapshot,
-        local: Path,
-        step: int,
-        metrics: dict[str, float] | None = None,
-    ) -> None:
-        """Write `snap` to `local` and commit it, in the background."""
+    def submit(self, snap: Snapshot, step: int, metrics: dict[str, float] | None = None) -> None:
+        """Commit `snap` in the background."""
         self.wait()
         self._thread = threading.Thread(
             target=self._run,
-            args=(snap, local, step, metrics),
+            args=(snap, step, metrics),
             name="checkpoint-upload",
             daemon=True,
         )

@@ -13,9 +13,9 @@ Files of a snapshot:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -94,34 +94,20 @@ def _optimizer_join(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> d
 
 
 @dataclass
-class FileDigest:
-    size: int
-    sha256: str
-
-
-@dataclass
 class Snapshot:
-    """A checkpoint's files, held in memory until `write` (in the upload thread) turns
-    them into files: training pauses only for the copies, not for serialising, writing
-    and hashing 273 MB (MiniLM with AdamW)."""
+    """A checkpoint's contents, held in memory: training pauses only to copy its tensors
+    (273 MB for MiniLM with AdamW). The upload thread serialises one file at a time
+    (`files`), hashes it and uploads it from memory, with no local file in between."""
 
     tensors: dict[str, dict[str, torch.Tensor]]  # file name -> its tensors (copies)
     metadata: dict[str, dict[str, str] | None]  # file name -> safetensors metadata
     documents: dict[str, bytes]  # file name -> its JSON
 
-    def write(self, dest: Path) -> dict[str, FileDigest]:
-        """Write every file, hashing each from memory (no second read of the files)."""
-        dest.mkdir(parents=True, exist_ok=True)
-        blobs = dict(self.documents)
-        digests: dict[str, FileDigest] = {}
-        for name in [*self.tensors, *blobs]:
-            if name in self.tensors:
-                data = save_bytes(self.tensors.pop(name), metadata=self.metadata.get(name))
-            else:
-                data = blobs.pop(name)
-            (dest / name).write_bytes(data)
-            digests[name] = FileDigest(len(data), hashlib.sha256(data).hexdigest())
-        return digests
+    def files(self) -> Iterator[tuple[str, bytes]]:
+        """Each file's name and bytes; a file's tensors are let go once it is serialised."""
+        for name in list(self.tensors):
+            yield name, save_bytes(self.tensors.pop(name), metadata=self.metadata.get(name))
+        yield from self.documents.items()
 
 
 def _host_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -164,7 +150,7 @@ def snapshot(
     rng_by_rank: list[dict[str, Any]],
     index: DataIndex,
 ) -> Snapshot:
-    """Copy what a checkpoint holds; `Snapshot.write` makes the files."""
+    """Copy what a checkpoint holds; `Snapshot.files` makes the files."""
     weights, dropped = _model_tensors(model)
     tensors, rest = _optimizer_split(optimizer.state_dict())
     rng_tensors = {

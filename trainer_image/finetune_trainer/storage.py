@@ -53,6 +53,7 @@ class Store(Protocol):
     def read_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO: ...
     def get_bytes(self, key: str) -> bytes: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
+    def upload_bytes(self, key: str, data: bytes) -> None: ...
     def upload_file(self, path: Path, key: str) -> None: ...
     def download_file(self, key: str, path: Path) -> None: ...
     def delete(self, keys: list[str]) -> None: ...
@@ -116,6 +117,9 @@ class LocalStore:
         tmp = path.with_name(path.name + ".partial")
         tmp.write_bytes(data)
         tmp.replace(path)
+
+    def upload_bytes(self, key: str, data: bytes) -> None:
+        self.put_bytes(key, data)
 
     def upload_file(self, path: Path, key: str) -> None:
         dest = self._path(key)
@@ -245,6 +249,16 @@ class S3Store:
             lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data),
         )
 
+    def upload_bytes(self, key: str, data: bytes) -> None:
+        """A large object from memory, in parallel parts as `upload_file` sends a file."""
+        self._call(
+            "upload",
+            key,
+            lambda: self.client.upload_fileobj(
+                io.BytesIO(data), self.bucket, self._key(key), Config=self.transfer
+            ),
+        )
+
     def upload_file(self, path: Path, key: str) -> None:
         self._call(
             "upload",
@@ -314,7 +328,7 @@ class ReadOnlyStore:
     def _read_only(self, *_: object) -> None:
         raise PermanentError(f"{self.uri} is read-only: write to s3://, file:// or pvc://")
 
-    put_bytes = upload_file = download_file = delete = _read_only
+    put_bytes = upload_bytes = upload_file = download_file = delete = _read_only
 
 
 class HttpStore(ReadOnlyStore):

@@ -630,9 +630,6 @@ class Run:
         state.world_size = self.world
         if self.is_main:
             began = time.monotonic()
-            local = self.cfg.work_dir / "snapshots" / step_dir(state.global_step)
-            if local.exists():
-                shutil.rmtree(local)
             sess.uploader.wait()
             snap = snapshot(
                 self.acc.unwrap_model(sess.model),
@@ -644,7 +641,7 @@ class Run:
             )
             self._save_seconds = time.monotonic() - began
             self.metrics.checkpoint_save_seconds.observe(self._save_seconds)
-            sess.uploader.submit(snap, local, state.global_step, dict(state.eval_metrics))
+            sess.uploader.submit(snap, state.global_step, dict(state.eval_metrics))
 
     def _committed(self, committed: Committed, seconds: float) -> None:
         self._checkpoint_seconds = self._save_seconds + seconds  # what a stop must allow for
