@@ -489,7 +489,7 @@ class ResourcesSpec(ApiModel):
         default=DEFAULT_SCRATCH,
         description=(
             "Size limit of each pod's /scratch volume (the downloaded model, the Hugging Face "
-            "cache, checkpoints on their way to storage); the kubelet evicts a pod that "
+            "cache, the final model on its way to storage); the kubelet evicts a pod that "
             f"writes more. Default {DEFAULT_SCRATCH}."
         ),
         json_schema_extra=cel(quantity_rule("spec.resources.scratch")),
