@@ -260,10 +260,12 @@ class CheckpointStore:
 UPLOAD_NICE = 10
 
 
-def lower_priority(nice: int = UPLOAD_NICE) -> None:
-    """Lower the calling thread's CPU priority (Linux: nice values are per thread)."""
+def lower_priority(by: int = UPLOAD_NICE) -> None:
+    """Lower the calling thread's CPU priority by `by` nice steps, up to the lowest (19);
+    on Linux nice values are per thread."""
+    tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
     except OSError as e:  # never a reason to lose a checkpoint
         log.warning("checkpoint upload runs at normal priority: %s", e)
 
