@@ -122,9 +122,13 @@ def _model_tensors(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dic
     """The model's state with tied tensors once (safetensors stores no aliases), and
     the dropped names as metadata, as `safetensors.torch.save_model` writes them."""
     state = model.state_dict()
-    by_storage: dict[int, list[str]] = {}
+    by_storage: dict[tuple[str, int, int] | str, list[str]] = {}
     for name, value in state.items():
-        by_storage.setdefault(value.untyped_storage().data_ptr(), []).append(name)
+        storage = value.untyped_storage()
+        shared = (str(value.device), storage.data_ptr(), storage.nbytes())
+        # Empty tensors (and meta ones) share no memory, whatever their pointers say.
+        alone = value.is_meta or storage.data_ptr() == 0 or storage.nbytes() == 0
+        by_storage.setdefault(name if alone else shared, []).append(name)
     dropped: dict[str, str] = {}
     for names in by_storage.values():
         whole = sorted(n for n in names if _covers_storage(state[n]))
