@@ -10,7 +10,7 @@ side in one session, rounds alternating the order:
 - the time training lost per checkpoint: the difference of the two runs' training time,
   divided by the checkpoints taken; against what a blocking checkpoint of the same bytes
   would lose: the training pause for the snapshot (from the trainer's log of the same runs)
-  plus the upload thread's work for one checkpoint (`CheckpointStore.commit_snapshot`:
+  plus the upload thread's work for one checkpoint (`CheckpointStore.commit_files`:
   serialise, hash and upload each file from memory) with training stopped;
 - the upload rate of one checkpoint's files: the trainer's store (`CheckpointStore.commit`:
   sha256 of each file, boto3 transfers with 8 MiB parts, 8 threads, then the manifest)
@@ -114,7 +114,7 @@ def upload_rates(s3: S3Server, work: Path, rounds: int) -> tuple[float, float, f
         documents = {names[p]: p.read_bytes() for p in files if names[p] not in tensors}
         snap = Snapshot(tensors, {}, documents)
         began = time.monotonic()
-        CheckpointStore(f"s3://ckpt/blocking-{i}", spec).commit_snapshot(snap, 2000 + i)
+        CheckpointStore(f"s3://ckpt/blocking-{i}", spec).commit_files(snap.files(), 2000 + i)
         blocking.append(time.monotonic() - began)
         for which in ("ours", "plain") if i % 2 == 0 else ("plain", "ours"):
             began = time.monotonic()

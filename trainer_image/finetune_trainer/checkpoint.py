@@ -175,16 +175,6 @@ class CheckpointStore:
         files = ((str(p.relative_to(local)), p.read_bytes()) for p in paths)
         return self.commit_files(files, step, metrics, on_bytes)
 
-    def commit_snapshot(
-        self,
-        snap: Snapshot,
-        step: int,
-        metrics: dict[str, float] | None = None,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> Committed:
-        """Commit a snapshot from memory, one file at a time."""
-        return self.commit_files(snap.files(), step, metrics, on_bytes)
-
     def commit_files(
         self,
         named: Iterable[tuple[str, bytes]],
@@ -192,7 +182,8 @@ class CheckpointStore:
         metrics: dict[str, float] | None = None,
         on_bytes: Callable[[int], None] | None = None,
     ) -> Committed:
-        """Hash and upload each (name, bytes), then write the manifest."""
+        """Hash and upload each (name, bytes), then write the manifest; a snapshot's
+        `files()` makes its files one at a time, so one is in memory at once."""
         folder = step_dir(step)
         files: dict[str, dict[str, Any]] = {}
         for name, data in named:
@@ -290,7 +281,7 @@ class BackgroundUploader:
         lower_priority()
         started = time.monotonic()
         try:
-            self.last = self.store.commit_snapshot(snap, step, metrics, self.on_bytes)
+            self.last = self.store.commit_files(snap.files(), step, metrics, self.on_bytes)
             if self.on_done:
                 self.on_done(self.last, time.monotonic() - started)
         except BaseException as e:  # surfaced to the training thread
