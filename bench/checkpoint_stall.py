@@ -18,6 +18,10 @@ side in one session, rounds alternating the order:
 
 On a cluster the S3 server is another machine. So by default the S3 server runs pinned to
 the last core and the trainer to the others, in every run (`--shared`: all on all cores).
+`--spare-core` stands in for a GPU node, whose host cores wait on the GPU while it computes:
+the trainer's entry point runs the job on one node with FT_CPU_THREADS one fewer than the
+cores it may use (`ftctl run --local` sets that itself), and the S3 server shares the
+spare core with whatever the scheduler puts there (the upload thread).
 
 Prints a Markdown table for docs/benchmarks.md.
 """
@@ -25,9 +29,11 @@ Prints a Markdown table for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,8 +44,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "cluster"), str(ROOT / "tests")]
 
 from controlplane import free_port  # noqa: E402
-from trainer_vs_recipe import ftctl_local, samples_per_second  # noqa: E402
+from trainer_vs_recipe import ends_with_us, ftctl_local, samples_per_second  # noqa: E402
 
+from finetune_api.env import TrainerEnv, without_gang  # noqa: E402
 from s3.server import S3Server  # noqa: E402
 from trainer_support import minilm_dir, mrpc_train_only  # noqa: E402
 
@@ -49,7 +56,9 @@ COMMITTED = re.compile(
 )
 
 
-def run(s3: S3Server, work: Path, steps: int, every: int, prefix: str) -> dict[str, Any]:
+def run(
+    s3: S3Server, work: Path, steps: int, every: int, prefix: str, env: dict[str, str]
+) -> dict[str, Any]:
     """One `ftctl run --local`: its samples/s and its checkpoints' (step, upload, pause)."""
     job = {
         "apiVersion": "finetune.dev/v1alpha1",
@@ -65,22 +74,59 @@ def run(s3: S3Server, work: Path, steps: int, every: int, prefix: str) -> dict[s
             "checkpoints": {"uri": f"s3://ckpt/{prefix}", "saveSteps": every, "saveTotalLimit": 2},
         },
     }  # fmt: skip
-    out = ftctl_local(job, work, prefix, s3.env())
+    out = (trainer_entry if env else ftctl_local)(job, work, prefix, {**s3.env(), **env})
     rate = samples_per_second(out)
     checkpoints = [(int(s), float(u), float(p)) for s, u, p in COMMITTED.findall(out)]
+    print(
+        "# " + next(x for x in out.splitlines() if " thread" in x and "training " in x), flush=True
+    )
     return {"rate": rate, "checkpoints": checkpoints}
 
 
-def pin(s3: S3Server, shared: bool) -> str:
-    """The S3 server on the last core and this process (and what it starts) on the
-    others, unless `shared`; says where each runs."""
+def trainer_entry(job: dict[str, Any], work: Path, name: str, env: dict[str, str]) -> str:
+    """The trainer's entry point running `job` as one node, as `ftctl run --local` does,
+    with `env` over the contract: its output."""
+    contract = TrainerEnv(
+        job_name=name,
+        namespace="local",
+        job_spec=json.dumps(job["spec"]),
+        num_nodes=1,
+        node_rank=0,
+        master_port=free_port(),
+        metrics_port=0,
+        work_dir=work / name,
+        termination_log=work / name / "termination-log",
+        device="cpu",
+        hf_hub_offline=True,
+    )
+    full = {**without_gang(os.environ), **contract.to_env(), **env}
+    argv = [str(Path(sys.executable).parent / "finetune-trainer")]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, env=full, check=False, preexec_fn=ends_with_us()
+    )
+    out = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise RuntimeError(f"finetune-trainer failed ({done.returncode}):\n{out[-3000:]}")
+    return out
+
+
+def pin(s3: S3Server, mode: str) -> tuple[str, dict[str, str]]:
+    """Places the S3 server and this process (and what it starts) for `mode`: says where
+    each runs, and the trainer's environment for it."""
     cores = sorted(os.sched_getaffinity(0))
-    if shared or len(cores) < 2:
-        return f"the S3 server and the trainer share all {len(cores)} cores"
+    if mode == "shared" or len(cores) < 2:
+        return f"the S3 server and the trainer share all {len(cores)} cores", {}
     for task in Path(f"/proc/{s3.proc.pid}/task").iterdir():
         os.sched_setaffinity(int(task.name), {cores[-1]})  # threads it starts inherit it
+    if mode == "spare-core":
+        threads = len(cores) - 1
+        return (
+            f"the S3 server on core {cores[-1]}, the trainer on all {len(cores)} cores "
+            f"computing with {threads} thread(s)",
+            {TrainerEnv.variable("cpu_threads"): str(threads)},
+        )
     os.sched_setaffinity(0, set(cores[:-1]))
-    return f"the S3 server on core {cores[-1]}, the trainer on cores {cores[:-1]}"
+    return f"the S3 server on core {cores[-1]}, the trainer on cores {cores[:-1]}", {}
 
 
 def upload_rates(s3: S3Server, work: Path, rounds: int) -> tuple[float, float, float, int]:
@@ -91,6 +137,7 @@ def upload_rates(s3: S3Server, work: Path, rounds: int) -> tuple[float, float, f
     from finetune_api.types import S3Spec
     from finetune_trainer.checkpoint import CheckpointStore
     from finetune_trainer.state import Snapshot
+    from finetune_trainer.tensorfile import image
 
     client = s3.client()
     listed = client.list_objects_v2(Bucket="ckpt", Prefix="with-0/")["Contents"]
@@ -110,9 +157,9 @@ def upload_rates(s3: S3Server, work: Path, rounds: int) -> tuple[float, float, f
     blocking: list[float] = []
     for i in range(rounds):
         names = {p: str(p.relative_to(local)) for p in files}
-        tensors = {names[p]: load_file(p) for p in files if p.suffix == ".safetensors"}
-        documents = {names[p]: p.read_bytes() for p in files if names[p] not in tensors}
-        snap = Snapshot(tensors, {}, documents)
+        images = {names[p]: image(load_file(p)) for p in files if p.suffix == ".safetensors"}
+        documents = {names[p]: p.read_bytes() for p in files if names[p] not in images}
+        snap = Snapshot(images, documents)
         began = time.monotonic()
         CheckpointStore(f"s3://ckpt/blocking-{i}", spec).commit_files(snap.files(), 2000 + i)
         blocking.append(time.monotonic() - began)
@@ -133,8 +180,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=50, help="steps between checkpoints")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--shared", action="store_true", help="S3 server on the trainer's cores")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--shared", action="store_true", help="S3 server on the trainer's cores")
+    where.add_argument(
+        "--spare-core",
+        action="store_true",
+        help="the trainer computes on one core fewer than it has, as a GPU node's host does",
+    )
     args = parser.parse_args()
+    mode = "shared" if args.shared else "spare-core" if args.spare_core else "pinned"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         s3 = S3Server(work / "s3", free_port())
@@ -142,13 +196,13 @@ def main() -> None:
         s3.start()
         try:
             s3.client().create_bucket(Bucket="ckpt")
-            where = pin(s3, args.shared)
+            where, env = pin(s3, mode)
             print(f"# {where}", flush=True)
             results: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
             for i in range(args.rounds):
                 for name in ("without", "with") if i % 2 == 0 else ("with", "without"):
                     every = args.steps * 10 if name == "without" else args.every
-                    got = run(s3, work, args.steps, every, f"{name}-{i}")
+                    got = run(s3, work, args.steps, every, f"{name}-{i}", env)
                     results[name].append(got)
                     print(f"# round {i + 1}: {name}: {got}", flush=True)
             ours, plain, blocking, size = upload_rates(s3, work, 3)

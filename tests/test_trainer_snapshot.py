@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from finetune_api.types import S3Spec
 from finetune_trainer.checkpoint import UPLOAD_NICE, BackgroundUploader, CheckpointStore
 from finetune_trainer.data.units import DataIndex
 from finetune_trainer.state import TrainerState, restore, rng_state, snapshot
+from finetune_trainer.tensorfile import image
 
 
 class Tied(torch.nn.Module):
@@ -123,3 +125,31 @@ def test_the_upload_runs_at_a_lower_priority(tmp_path: Path) -> None:
     uploader.wait()
     assert seen == [min(ours + UPLOAD_NICE, 19)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ours
+
+
+def test_snapshot_files_are_safetensors_that_safetensors_reads_back(tmp_path: Path) -> None:
+    """The snapshot lays each tensor into its file's bytes itself; the files are the
+    safetensors format as the safetensors library reads it: every dtype a checkpoint
+    holds, scalars, empty and non-contiguous tensors, and the metadata."""
+    tensors = {
+        "weight": torch.randn(6, 4).t(),  # not contiguous
+        "half": torch.randn(5, dtype=torch.bfloat16),
+        "step": torch.tensor(7.0),  # 0-dim, as AdamW keeps its step
+        "rng": torch.get_rng_state(),  # uint8
+        "count": torch.arange(3, dtype=torch.int64),
+        "mask": torch.tensor([True, False, True]),
+        "empty": torch.zeros(0, 3),
+    }
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(image(tensors, {"out.weight": "embed.weight"}))
+    back = load_file(path)
+    assert sorted(back) == sorted(tensors)
+    for name, tensor in tensors.items():
+        assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor), name
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata() == {"out.weight": "embed.weight"}
+
+
+def test_a_tensor_type_safetensors_has_no_name_for_is_refused_by_name() -> None:
+    with pytest.raises(TypeError, match="moments: no safetensors type for torch.complex64"):
+        image({"moments": torch.zeros(2, dtype=torch.complex64)})

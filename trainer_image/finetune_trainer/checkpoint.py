@@ -177,7 +177,7 @@ class CheckpointStore:
 
     def commit_files(
         self,
-        named: Iterable[tuple[str, bytes]],
+        named: Iterable[tuple[str, bytes | memoryview]],
         step: int,
         metrics: dict[str, float] | None = None,
         on_bytes: Callable[[int], None] | None = None,

@@ -23,9 +23,9 @@ from typing import Any, cast
 import numpy as np
 import torch
 from safetensors.torch import load_file, load_model
-from safetensors.torch import save as save_bytes
 
 from .data import DataIndex, Position
+from .tensorfile import image
 
 
 @dataclass
@@ -96,26 +96,18 @@ def _optimizer_join(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> d
 @dataclass
 class Snapshot:
     """A checkpoint's contents, held in memory: training pauses only to copy its tensors
-    (273 MB for MiniLM with AdamW). The upload thread serialises one file at a time
-    (`files`), hashes it and uploads it from memory, with no local file in between."""
+    into their files' bytes (273 MB for MiniLM with AdamW; `tensorfile.image`). The upload
+    thread hashes and uploads each file from memory, with nothing left to serialise and
+    no local file in between."""
 
-    tensors: dict[str, dict[str, torch.Tensor]]  # file name -> its tensors (copies)
-    metadata: dict[str, dict[str, str] | None]  # file name -> safetensors metadata
+    images: dict[str, memoryview]  # file name -> its safetensors bytes
     documents: dict[str, bytes]  # file name -> its JSON
 
-    def files(self) -> Iterator[tuple[str, bytes]]:
-        """Each file's name and bytes; a file's tensors are let go once it is serialised."""
-        for name in list(self.tensors):
-            yield name, save_bytes(self.tensors.pop(name), metadata=self.metadata.get(name))
+    def files(self) -> Iterator[tuple[str, memoryview | bytes]]:
+        """Each file's name and bytes; a file's memory is let go once it is passed on."""
+        for name in list(self.images):
+            yield name, self.images.pop(name)
         yield from self.documents.items()
-
-
-def _host_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous copies in host memory, so training may change the originals."""
-    return {
-        k: v.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
-        for k, v in tensors.items()
-    }
 
 
 def _model_tensors(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -174,12 +166,11 @@ def snapshot(
         "data_index.json": json.dumps(index.to_json()),
     }
     return Snapshot(
-        tensors={
-            "model.safetensors": _host_copies(weights),
-            "optimizer.safetensors": _host_copies(tensors),
-            "rng.safetensors": _host_copies(rng_tensors),
+        images={
+            "model.safetensors": image(weights, dropped),
+            "optimizer.safetensors": image(tensors),
+            "rng.safetensors": image(rng_tensors),
         },
-        metadata={"model.safetensors": dropped or None},
         documents={k: v.encode() for k, v in documents.items()},
     )
 

@@ -53,7 +53,7 @@ class Store(Protocol):
     def read_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO: ...
     def get_bytes(self, key: str) -> bytes: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
-    def upload_bytes(self, key: str, data: bytes) -> None: ...
+    def upload_bytes(self, key: str, data: bytes | memoryview) -> None: ...
     def upload_file(self, path: Path, key: str) -> None: ...
     def download_file(self, key: str, path: Path) -> None: ...
     def delete(self, keys: list[str]) -> None: ...
@@ -112,14 +112,14 @@ class LocalStore:
         return self._path(key).read_bytes()
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        self.upload_bytes(key, data)
+
+    def upload_bytes(self, key: str, data: bytes | memoryview) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
         tmp.write_bytes(data)
         tmp.replace(path)
-
-    def upload_bytes(self, key: str, data: bytes) -> None:
-        self.put_bytes(key, data)
 
     def upload_file(self, path: Path, key: str) -> None:
         dest = self._path(key)
@@ -249,7 +249,7 @@ class S3Store:
             lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data),
         )
 
-    def upload_bytes(self, key: str, data: bytes) -> None:
+    def upload_bytes(self, key: str, data: bytes | memoryview) -> None:
         """A large object from memory, in parallel parts as `upload_file` sends a file."""
         self._call(
             "upload",
