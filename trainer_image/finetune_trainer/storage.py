@@ -44,6 +44,37 @@ class ObjectInfo:
     size: int
 
 
+class BufferReader(io.RawIOBase):
+    """A read-only, seekable file over bytes in memory, without a copy of them (as
+    io.BytesIO makes of a memoryview): s3transfer reads a part at a time from it, so an
+    upload holds at most its parts in flight beside the buffer."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        super().__init__()
+        self._data = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._data)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._data[self._pos : self._pos + len(buffer)]
+        buffer[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+
 class Store(Protocol):
     """What the trainer needs from a storage location (keys are relative paths)."""
 
@@ -255,7 +286,7 @@ class S3Store:
             "upload",
             key,
             lambda: self.client.upload_fileobj(
-                io.BytesIO(data), self.bucket, self._key(key), Config=self.transfer
+                BufferReader(data), self.bucket, self._key(key), Config=self.transfer
             ),
         )
 
