@@ -6,12 +6,12 @@ Same job as bench/trainer_vs_recipe.py (all-MiniLM-L6-v2, MRPC, global batch 8),
 side in one session, rounds alternating the order:
 
 - without a checkpoint inside the measured steps, and with one every `--every` steps (the
-  trainer snapshots locally, then uploads in the background while training goes on);
+  trainer snapshots in memory, then uploads in the background while training goes on);
 - the time training lost per checkpoint: the difference of the two runs' training time,
   divided by the checkpoints taken; against what a blocking checkpoint of the same bytes
   would lose: the training pause for the snapshot (from the trainer's log of the same runs)
   plus the upload thread's work for one checkpoint (`CheckpointStore.commit_files`:
-  serialise, hash and upload each file from memory) with training stopped;
+  hash and upload each file from memory) with training stopped;
 - the upload rate of one checkpoint's files: the trainer's store (`CheckpointStore.commit`:
   sha256 of each file, boto3 transfers with 8 MiB parts, 8 threads, then the manifest)
   against plain boto3 `upload_file` (its default transfer settings) of the same files.

@@ -10,8 +10,8 @@ fails (spec.checkpoints.onCorrupt: restart starts it from step 0 instead). Old c
 deleted (manifest first) only after a newer one is committed.
 
 Uploads run in a background thread at a lower CPU priority, so training waits
-only for the in-memory snapshot (state.py); the thread serialises each file, hashes
-it and uploads it from memory.
+only for the in-memory snapshot (state.py), which already holds each file's bytes; the
+thread hashes each file and uploads it from memory.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ class CheckpointStore:
         on_bytes: Callable[[int], None] | None = None,
     ) -> Committed:
         """Hash and upload each (name, bytes), then write the manifest; a snapshot's
-        `files()` makes its files one at a time, so one is in memory at once."""
+        `files()` lets go of each file once it is passed on and sent."""
         folder = step_dir(step)
         files: dict[str, dict[str, Any]] = {}
         for name, data in named:
