@@ -33,7 +33,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "cluster"), str(ROOT / "tests")]
 
 from controlplane import free_port  # noqa: E402
-from trainer_vs_recipe import ends_with_us, ftctl_local, samples_per_second  # noqa: E402
+from trainer_vs_recipe import ftctl_local, output_of, samples_per_second  # noqa: E402
 
 from finetune_api.env import TrainerEnv, without_gang  # noqa: E402
 from s3.server import S3Server  # noqa: E402
@@ -99,15 +98,9 @@ def trainer_entry(job: dict[str, Any], work: Path, name: str, env: dict[str, str
         device="cpu",
         hf_hub_offline=True,
     )
-    full = {**without_gang(os.environ), **contract.to_env(), **env}
     argv = [str(Path(sys.executable).parent / "finetune-trainer")]
-    done = subprocess.run(
-        argv, capture_output=True, text=True, env=full, check=False, preexec_fn=ends_with_us()
-    )
-    out = done.stdout + done.stderr
-    if done.returncode != 0:
-        raise RuntimeError(f"finetune-trainer failed ({done.returncode}):\n{out[-3000:]}")
-    return out
+    full = {**without_gang(os.environ), **contract.to_env(), **env}
+    return output_of(argv, full, "finetune-trainer")
 
 
 def pin(s3: S3Server, mode: str) -> tuple[str, dict[str, str]]:

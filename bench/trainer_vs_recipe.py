@@ -127,13 +127,17 @@ def ftctl_local(
     path.write_text(yaml.safe_dump(job))
     argv = [str(Path(sys.executable).parent / "ftctl"), "run", "--local", "-f", str(path),
             "--device", "cpu", "--metrics-port", "0", "--work-dir", str(work / name)]  # fmt: skip
-    full = {**os.environ, **(env or {}), "HF_HUB_OFFLINE": "1"}
+    return output_of(argv, {**os.environ, **(env or {}), "HF_HUB_OFFLINE": "1"}, "ftctl run")
+
+
+def output_of(argv: list[str], env: dict[str, str], what: str) -> str:
+    """The output of a command that must succeed (its tail in the error if not)."""
     done = subprocess.run(
-        argv, capture_output=True, text=True, env=full, check=False, preexec_fn=ends_with_us()
+        argv, capture_output=True, text=True, env=env, check=False, preexec_fn=ends_with_us()
     )
     out = done.stdout + done.stderr
     if done.returncode != 0:
-        raise RuntimeError(f"ftctl run failed ({done.returncode}):\n{out[-3000:]}")
+        raise RuntimeError(f"{what} failed ({done.returncode}):\n{out[-3000:]}")
     return out
 
 

@@ -44,15 +44,12 @@ class ObjectInfo:
     size: int
 
 
-class BufferReader(io.RawIOBase):
-    """A read-only, seekable file over bytes in memory, without a copy of them (as
-    io.BytesIO makes of a memoryview): s3transfer reads a part at a time from it, so an
-    upload holds at most its parts in flight beside the buffer."""
+class SeekableReader(io.RawIOBase):
+    """A read-only, seekable file of `size` bytes; a subclass reads them (`readinto`)."""
 
-    def __init__(self, data: bytes | memoryview) -> None:
+    def __init__(self, size: int) -> None:
         super().__init__()
-        self._data = memoryview(data).cast("B")
-        self._pos = 0
+        self.size, self.pos = size, 0
 
     def readable(self) -> bool:
         return True
@@ -61,17 +58,27 @@ class BufferReader(io.RawIOBase):
         return True
 
     def tell(self) -> int:
-        return self._pos
+        return self.pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._data)}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, min(self.size, base + offset))
+        return self.pos
+
+
+class BufferReader(SeekableReader):
+    """A file over bytes in memory, without a copy of them (as io.BytesIO makes of a
+    memoryview): s3transfer reads a part at a time from it, so an upload holds at most
+    its parts in flight beside the buffer."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self._data = memoryview(data).cast("B")
+        super().__init__(len(self._data))
 
     def readinto(self, buffer: Any) -> int:
-        chunk = self._data[self._pos : self._pos + len(buffer)]
+        chunk = self._data[self.pos : self.pos + len(buffer)]
         buffer[: len(chunk)] = chunk
-        self._pos += len(chunk)
+        self.pos += len(chunk)
         return len(chunk)
 
 
