@@ -7,17 +7,22 @@ import hashlib
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from botocore.exceptions import ClientError
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from finetune_api.types import S3Spec
 from finetune_trainer.checkpoint import UPLOAD_NICE, BackgroundUploader, CheckpointStore
 from finetune_trainer.data.units import DataIndex
+from finetune_trainer.multipart import upload_from_memory
 from finetune_trainer.state import TrainerState, restore, rng_state, snapshot
+from finetune_trainer.storage import S3Store
 from finetune_trainer.tensorfile import image
+from trainer_support import ensure_bucket
 
 
 class Tied(torch.nn.Module):
@@ -98,12 +103,26 @@ def test_a_checkpoint_holds_the_state_of_its_pause(
 def test_a_file_larger_than_a_part_goes_up_from_memory_byte_for_byte(
     where: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A snapshot's file is sent from its buffer as it is (in S3, in several 8 MiB parts)."""
+    """A snapshot's file is sent from its buffer as it is (in S3, in three 8 MiB parts)."""
     store = checkpoint_store(where, tmp_path, request, monkeypatch).store
     data = memoryview(bytearray(os.urandom(20 * 1024 * 1024 + 5)))
     store.upload_bytes("big.safetensors", data[3:])
     store.download_file("big.safetensors", tmp_path / "back")
     assert (tmp_path / "back").read_bytes() == data[3:]
+    if isinstance(store, S3Store):  # a multipart object's ETag ends with its part count
+        head = store.client.head_object(Bucket=store.bucket, Key=store._key("big.safetensors"))
+        assert head["ETag"].strip('"').endswith("-3")
+
+
+def test_a_failed_multipart_upload_leaves_no_parts_behind(s3: Any) -> None:
+    """Parts that S3 refuses to assemble (parts under its 5 MiB minimum) fail the upload
+    with S3's own error and the upload is aborted: no parts stay behind in the bucket."""
+    client = s3.client()
+    ensure_bucket(client, "parts")
+    with pytest.raises(ClientError, match="EntityTooSmall"):
+        upload_from_memory(client, "parts", "small-parts", os.urandom(3 << 20), part_size=1 << 20)
+    assert client.list_multipart_uploads(Bucket="parts").get("Uploads", []) == []
+    assert client.list_objects_v2(Bucket="parts").get("KeyCount") == 0
 
 
 def checkpoint_store(
@@ -111,8 +130,6 @@ def checkpoint_store(
 ) -> CheckpointStore:
     if where == "file":
         return CheckpointStore(f"file://{tmp_path}/ckpt", None)
-    from trainer_support import ensure_bucket
-
     s3 = request.getfixturevalue("s3")
     ensure_bucket(s3.client(), "ckpt")
     for key, value in s3.env().items():  # what the pod gets from its Secret
