@@ -3,9 +3,9 @@
 Each part is one copy of its slice of the buffer, handed to botocore as `bytes`: botocore
 hashes and checksums it in one call each, and the connection writes it in one piece.
 s3transfer's `upload_fileobj` reads the same part through a file object and copies it
-again in small pieces for the signature, the checksum and the socket, which cost half
-as much CPU again per byte. A checkpoint upload runs beside training, so its CPU is
-training's (docs/benchmarks.md, "The checkpoint stall").
+again in small pieces for the signature, the checksum and the socket: about 15% more CPU
+(bench/upload_cpu.py). A checkpoint upload runs beside training, so its CPU is training's
+(docs/benchmarks.md, "The checkpoint stall").
 """
 
 from __future__ import annotations
