@@ -25,7 +25,7 @@ from finetune_api.env import TrainerEnv
 from finetune_api.types import HubSpec, S3Spec
 
 from .errors import PermanentError, RetryableError
-from .multipart import upload_from_memory
+from .multipart import PART_SIZE, THREADS, upload_from_memory
 from .retries import Retry, classify_hub, classify_s3
 
 
@@ -43,28 +43,6 @@ T = TypeVar("T")
 class ObjectInfo:
     key: str
     size: int
-
-
-class SeekableReader(io.RawIOBase):
-    """A read-only, seekable file of `size` bytes; a subclass reads them (`readinto`)."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size, self.pos = size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, min(self.size, base + offset))
-        return self.pos
 
 
 class Store(Protocol):
@@ -211,9 +189,9 @@ class S3Store:
         where = f"the store at {settings.endpoint}" if settings.endpoint else "AWS S3"
         self.retry = Retry(float(settings.retry_seconds), where)
         self.transfer = TransferConfig(
-            multipart_threshold=8 * 1024 * 1024,
-            multipart_chunksize=8 * 1024 * 1024,
-            max_concurrency=8,
+            multipart_threshold=PART_SIZE,
+            multipart_chunksize=PART_SIZE,
+            max_concurrency=THREADS,
             use_threads=True,
         )
 

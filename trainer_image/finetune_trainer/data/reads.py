@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import PermanentError, RetryableError
-from ..storage import SeekableReader, Store, object_uri
+from ..storage import Store, object_uri
 
 # Compressed files are read in windows of this size, one ranged read each.
 STREAM_WINDOW = 1 << 20
@@ -24,13 +24,27 @@ def codec(key: str) -> str | None:
     return next((c for ext, c in CODECS.items() if name.endswith(ext)), None)
 
 
-class RangeFile(SeekableReader):
+class RangeFile(io.RawIOBase):
     """A seekable, read-only file over ranged reads of one stored object."""
 
     def __init__(self, store: Store, key: str, size: int) -> None:
-        super().__init__(size)
-        self.store, self.key = store, key
+        super().__init__()
+        self.store, self.key, self.size, self.pos = store, key, size, 0
         self.error: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, min(self.size, base + offset))
+        return self.pos
 
     def readinto(self, buffer: Any) -> int:
         end = min(self.size, self.pos + len(buffer))
