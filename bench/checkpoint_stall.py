@@ -10,7 +10,7 @@ side in one session, rounds alternating the order:
 - the time training lost per checkpoint: the difference of the two runs' training time,
   divided by the checkpoints taken; against what a blocking checkpoint of the same bytes
   would lose: the training pause for the snapshot (from the trainer's log of the same runs)
-  plus the upload thread's work for one checkpoint (`CheckpointStore.commit_files`:
+  plus the upload process's work for one checkpoint (`CheckpointStore.commit_files`:
   hash and upload each file from memory) with training stopped;
 - the upload rate of one checkpoint's files: the trainer's store (`CheckpointStore.commit`:
   sha256 of each file, boto3 transfers with 8 MiB parts, 8 threads, then the manifest)
@@ -21,7 +21,7 @@ the last core and the trainer to the others, in every run (`--shared`: all on al
 `--spare-core` stands in for a GPU node, whose host cores wait on the GPU while it computes:
 the trainer's entry point runs the job on one node with FT_CPU_THREADS one fewer than the
 cores it may use (`ftctl run --local` sets that itself), and the S3 server shares the
-spare core with whatever the scheduler puts there (the upload thread).
+spare core with whatever the scheduler puts there (the upload process).
 
 Prints a Markdown table for docs/benchmarks.md.
 """
@@ -125,12 +125,9 @@ def pin(s3: S3Server, mode: str) -> tuple[str, dict[str, str]]:
 def upload_rates(s3: S3Server, work: Path, rounds: int) -> tuple[float, float, float, int]:
     """MB/s of the trainer's store and of plain boto3 for the newest checkpoint's files,
     and the seconds to commit them from memory (a blocking checkpoint's work)."""
-    from safetensors.torch import load_file
-
     from finetune_api.types import S3Spec
     from finetune_trainer.checkpoint import CheckpointStore
-    from finetune_trainer.state import Snapshot
-    from finetune_trainer.tensorfile import image
+    from finetune_trainer.handoff import Snapshot
 
     client = s3.client()
     listed = client.list_objects_v2(Bucket="ckpt", Prefix="with-0/")["Contents"]
@@ -149,10 +146,7 @@ def upload_rates(s3: S3Server, work: Path, rounds: int) -> tuple[float, float, f
     plain: list[float] = []
     blocking: list[float] = []
     for i in range(rounds):
-        names = {p: str(p.relative_to(local)) for p in files}
-        images = {names[p]: image(load_file(p)) for p in files if p.suffix == ".safetensors"}
-        documents = {names[p]: p.read_bytes() for p in files if names[p] not in images}
-        snap = Snapshot(images, documents)
+        snap = Snapshot.holding({str(p.relative_to(local)): p.read_bytes() for p in files})
         began = time.monotonic()
         CheckpointStore(f"s3://ckpt/blocking-{i}", spec).commit_files(snap.files(), 2000 + i)
         blocking.append(time.monotonic() - began)

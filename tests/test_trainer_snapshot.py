@@ -1,10 +1,11 @@
 """A checkpoint is the state at the moment training paused for it, although its files are
-made, hashed and uploaded later, in a thread of lower priority, while training goes on."""
+hashed and uploaded later, in a process of lower priority, while training goes on."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,16 @@ from botocore.exceptions import ClientError
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from finetune_api.checkpoints import step_dir
 from finetune_api.types import S3Spec
-from finetune_trainer.checkpoint import UPLOAD_NICE, BackgroundUploader, CheckpointStore
+from finetune_trainer.checkpoint import CheckpointStore
 from finetune_trainer.data.units import DataIndex
+from finetune_trainer.errors import RetryableError
 from finetune_trainer.multipart import upload_from_memory
 from finetune_trainer.state import TrainerState, restore, rng_state, snapshot
 from finetune_trainer.storage import S3Store
 from finetune_trainer.tensorfile import image
+from finetune_trainer.uploader import UPLOAD_NICE, ProcessUploader
 from trainer_support import ensure_bucket
 
 
@@ -75,9 +79,10 @@ def test_a_checkpoint_holds_the_state_of_its_pause(
     assert not torch.equal(model.embed.weight, at_pause["embed.weight"])
 
     store = checkpoint_store(where, tmp_path, request, monkeypatch)
-    uploader = BackgroundUploader(store)
+    uploader = ProcessUploader(store)
     uploader.submit(snap, 1)
     uploader.wait()
+    uploader.close()
     (committed,) = store.committed()
     folder = tmp_path / "restored" / committed.folder
     for name, meta in committed.manifest["files"].items():
@@ -138,22 +143,64 @@ def checkpoint_store(
     return CheckpointStore(f"s3://ckpt/snapshot-{tmp_path.name}", spec)
 
 
-def test_the_upload_runs_at_a_lower_priority(tmp_path: Path) -> None:
-    """The thread that writes and uploads a checkpoint yields the CPU to training."""
-    seen: list[int] = []
-    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+def small_snapshot(step: int = 0) -> Any:
     model, optimizer, scheduler = prepared()
-    snap = snapshot(
-        model, optimizer, scheduler, TrainerState(), [rng_state()], DataIndex(units=[], counts={})
+    state = TrainerState(global_step=step)
+    return snapshot(
+        model, optimizer, scheduler, state, [rng_state()], DataIndex(units=[], counts={})
     )
-    uploader = BackgroundUploader(
-        CheckpointStore(f"file://{tmp_path}/ckpt", None),
-        on_done=lambda *_: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())),
-    )
-    uploader.submit(snap, 0)
+
+
+def commit_one(uploader: ProcessUploader, step: int) -> None:
+    uploader.submit(small_snapshot(step), step)
     uploader.wait()
-    assert seen == [min(ours + UPLOAD_NICE, 19)]
+
+
+def test_the_upload_runs_in_a_process_of_lower_priority(tmp_path: Path) -> None:
+    """The upload runs in a process of its own (it does not share the training process's
+    interpreter lock), niced below training so that training gets the CPU first, and
+    that process ends when the trainer closes it."""
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    done: list[tuple[int, float]] = []
+    sent: list[int] = []
+    uploader = ProcessUploader(
+        CheckpointStore(f"file://{tmp_path}/ckpt", None),
+        on_done=lambda c, seconds: done.append((c.step, seconds)),
+        on_bytes=sent.append,
+    )
+    snap = small_snapshot(step=4)
+    size = snap.size
+    uploader.submit(snap, 4)
+    pid = uploader.pid
+    assert pid is not None
+    assert pid != os.getpid()
+    uploader.wait()  # it has answered, so it has lowered its priority
+    assert os.getpriority(os.PRIO_PROCESS, pid) == min(ours + UPLOAD_NICE, 19)
+    assert [step for step, _ in done] == [4]
+    assert sent == [size]
+    assert uploader.last is not None
+    assert uploader.last.folder == step_dir(4)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ours
+    assert uploader.close() == 0
+
+
+def test_an_upload_process_that_dies_fails_the_checkpoint_and_the_next_one_starts_anew(
+    tmp_path: Path,
+) -> None:
+    """If the upload process is killed (say, out of memory), the trainer hears of it at the
+    next wait, as a retryable failure naming the exit code, and never hangs; a later
+    checkpoint starts a new upload process and commits."""
+    store = CheckpointStore(f"file://{tmp_path}/ckpt", None)
+    uploader = ProcessUploader(store)
+    commit_one(uploader, 1)
+    assert uploader.pid is not None
+    os.kill(uploader.pid, signal.SIGKILL)
+    # The submit fails if the process is already gone, the wait if it dies after it.
+    with pytest.raises(RetryableError, match=r"upload process ended \(exit code -9\)"):
+        commit_one(uploader, 2)
+    commit_one(uploader, 3)
+    assert [c.step for c in store.committed()] == [1, 3]
+    uploader.close()
 
 
 def test_snapshot_files_are_safetensors_that_safetensors_reads_back(tmp_path: Path) -> None:

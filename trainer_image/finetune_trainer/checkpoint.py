@@ -9,9 +9,9 @@ back to the previous checkpoint when one is damaged; when none verifies the job
 fails (spec.checkpoints.onCorrupt: restart starts it from step 0 instead). Old checkpoints are
 deleted (manifest first) only after a newer one is committed.
 
-Uploads run in a background thread at a lower CPU priority, so training waits
-only for the in-memory snapshot (state.py), which already holds each file's bytes; the
-thread hashes each file and uploads it from memory.
+Uploads run in a process of their own at a lower CPU priority (uploader.py), so
+training waits only for the in-memory snapshot (state.py), which already holds each
+file's bytes; that process hashes each file and uploads it from memory.
 """
 
 from __future__ import annotations
@@ -19,10 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import threading
-import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +37,6 @@ from finetune_api.checkpoints import (
 from finetune_api.types import S3Spec
 
 from .errors import PermanentError, RetryableError
-from .state import Snapshot
 from .storage import S3Store, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -71,11 +67,29 @@ class CheckpointStore:
         on_corrupt: str = "fail",
     ) -> None:
         self.uri = uri.rstrip("/")
+        self.s3 = s3
         self.on_corrupt = on_corrupt
         self.store: Store = open_store(self.uri, s3)
         self.keep = keep
         self.keep_best = keep_best
         self.best_metric = best_metric
+
+    def settings(self) -> dict[str, Any]:
+        """What `from_settings` needs to open this store in another process (no
+        credentials: those come from the environment)."""
+        return {
+            "uri": self.uri,
+            "s3": self.s3.model_dump(mode="json", by_alias=True) if self.s3 else None,
+            "keep": self.keep,
+            "keep_best": self.keep_best,
+            "best_metric": self.best_metric,
+            "on_corrupt": self.on_corrupt,
+        }
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> CheckpointStore:
+        s3 = settings["s3"]
+        return cls(**{**settings, "s3": S3Spec.model_validate(s3) if s3 is not None else None})
 
     def claim(self, namespace: str, name: str) -> None:
         """Mark the URI as this job's, or refuse it when another job's checkpoints are
@@ -243,65 +257,3 @@ class CheckpointStore:
         if isinstance(self.store, S3Store):
             return self.store.abort_stale_uploads()
         return 0
-
-
-# The upload thread's nice value (and its transfer threads', which inherit it): when
-# training keeps every core busy, the upload takes the time training leaves idle
-# first (docs/benchmarks.md, "The checkpoint stall").
-UPLOAD_NICE = 10
-
-
-def lower_priority(by: int = UPLOAD_NICE) -> None:
-    """Lower the calling thread's CPU priority by `by` nice steps, up to the lowest (19);
-    on Linux nice values are per thread."""
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
-    except OSError as e:  # never a reason to lose a checkpoint
-        log.warning("checkpoint upload runs at normal priority: %s", e)
-
-
-class BackgroundUploader:
-    """Commits one checkpoint at a time in a thread; errors surface on the next call."""
-
-    def __init__(
-        self,
-        store: CheckpointStore,
-        on_done: Callable[[Committed, float], None] | None = None,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> None:
-        self.store = store
-        self.on_done = on_done
-        self.on_bytes = on_bytes
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self.last: Committed | None = None
-
-    def _run(self, snap: Snapshot, step: int, metrics: dict[str, float] | None) -> None:
-        lower_priority()
-        started = time.monotonic()
-        try:
-            self.last = self.store.commit_files(snap.files(), step, metrics, self.on_bytes)
-            if self.on_done:
-                self.on_done(self.last, time.monotonic() - started)
-        except BaseException as e:  # surfaced to the training thread
-            self._error = e
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise RetryableError(f"checkpoint upload failed: {error}") from error
-
-    def submit(self, snap: Snapshot, step: int, metrics: dict[str, float] | None = None) -> None:
-        """Commit `snap` in the background."""
-        self.wait()
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(snap, step, metrics),
-            name="checkpoint-upload",
-            daemon=True,
-        )
-        self._thread.start()

@@ -1,7 +1,7 @@
 """A safetensors file built in one host buffer, straight from the tensors.
 
 The snapshot copies each tensor into its place in the file's bytes (one copy, made by
-torch, which lets go of the GIL while it copies), so the upload thread has nothing left
+torch, which lets go of the GIL while it copies), so the upload process has nothing left
 to serialise: it hashes and sends the buffer. The bytes are the safetensors format
 (https://huggingface.co/docs/safetensors): an 8-byte little-endian header length, a
 JSON header padded with spaces to a multiple of 8, then the tensors' data, contiguous
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -30,9 +31,31 @@ DTYPES = {
 }
 
 
-def image(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> memoryview:
-    """The safetensors file of `tensors` (and string `metadata`) as bytes in host
-    memory: a copy, so training may change the tensors once this returns."""
+@dataclass
+class Layout:
+    """Where each tensor's bytes go in a safetensors file, decided before any is copied,
+    so the file's size is known and its memory can be allocated where the caller wants."""
+
+    header: bytes
+    spans: list[tuple[torch.Tensor, int, int]]  # tensor, start, end of its data
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + (self.spans[-1][2] if self.spans else 0)
+
+    def write(self, into: memoryview) -> None:
+        """Copy the header and every tensor into `into` (writable, exactly `size` bytes):
+        a copy, so training may change the tensors once this returns."""
+        buf = torch.frombuffer(into, dtype=torch.uint8)
+        head = len(self.header)
+        buf[:head].copy_(torch.frombuffer(bytearray(self.header), dtype=torch.uint8))
+        for t, begin, end in self.spans:
+            if end > begin:
+                buf[head + begin : head + end].copy_(t.detach().reshape(-1).view(torch.uint8))
+
+
+def layout(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Layout:
+    """The safetensors file of `tensors` (and string `metadata`), laid out."""
     if sys.byteorder != "little":  # the format is little-endian; torch copies raw bytes
         raise RuntimeError("checkpoints are written on little-endian hosts only")
     # Widest elements first, as safetensors orders them: each tensor's data then
@@ -55,10 +78,12 @@ def image(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = No
         offset = end
     text = json.dumps(header, separators=(",", ":")).encode()
     text = struct.pack("<Q", len(text) + -len(text) % 8) + text + b" " * (-len(text) % 8)
-    buf = torch.empty(len(text) + offset, dtype=torch.uint8)
-    buf[: len(text)].copy_(torch.frombuffer(bytearray(text), dtype=torch.uint8))
-    for t, begin, end in spans:
-        if end > begin:
-            data = t.detach().reshape(-1).view(torch.uint8)
-            buf[len(text) + begin : len(text) + end].copy_(data)
-    return memoryview(buf.numpy().data)
+    return Layout(text, spans)
+
+
+def image(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> memoryview:
+    """The safetensors file of `tensors` (and string `metadata`) in new host memory."""
+    planned = layout(tensors, metadata)
+    out = memoryview(torch.empty(planned.size, dtype=torch.uint8).numpy().data)
+    planned.write(out)
+    return out

@@ -43,7 +43,7 @@ from finetune_api.env import TrainerEnv
 from . import packing
 from .allocator import keep_freed_memory
 from .batching import WINDOW, ShortStream, grouped_by, in_order, plan_steps, run_size
-from .checkpoint import BackgroundUploader, CheckpointStore
+from .checkpoint import CheckpointStore
 from .config import TrainerConfig, uses_gpu
 from .data import (
     DataIndex,
@@ -65,6 +65,7 @@ from .schedule import Schedule
 from .state import TrainerState, load_trainer_state, restore, rng_state, snapshot
 from .stopping import GracefulStop, StopRequest, register
 from .storage import open_store
+from .uploader import ProcessUploader
 from .watchdog import Watchdog, roll_call_group
 
 log = logging.getLogger("finetune")
@@ -161,7 +162,7 @@ class Session:
     optimizer: Any
     scheduler: Any
     index: DataIndex
-    uploader: BackgroundUploader
+    uploader: ProcessUploader
     evaluator: Evaluator
     last_save: float = field(default_factory=time.monotonic)
     clip_in_step: bool = False  # clipping folded into the optimizer step (optimizer.py)
@@ -398,7 +399,7 @@ class Run:
             self.acc, self.spec, model, tokenizer, self._eval_set(source, index), cfg.eval_batch
         )
         self.metrics.total_steps.set(state.total_steps)
-        uploader = BackgroundUploader(
+        uploader = ProcessUploader(
             self.ckpt, on_done=self._committed, on_bytes=self.metrics.checkpoint_bytes.inc
         )
         sess = Session(model, optimizer, scheduler, index, uploader, evaluator)
@@ -462,6 +463,7 @@ class Run:
         self._checkpoint(sess, state, position)
         self._check_in_sync(model)
         uploader.wait()
+        uploader.close()
         self._write_output(model, tokenizer)
         self.acc.wait_for_everyone()
         if self.is_main:
