@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +204,69 @@ def test_an_upload_process_that_dies_fails_the_checkpoint_and_the_next_one_start
     commit_one(uploader, 3)
     assert [c.step for c in store.committed()] == [1, 3]
     uploader.close()
+
+
+TRAINER = """
+import sys
+from finetune_trainer.checkpoint import CheckpointStore
+from finetune_trainer.handoff import Snapshot
+from finetune_trainer.uploader import ProcessUploader
+
+uploader = ProcessUploader(CheckpointStore(sys.argv[1], None))
+uploader.submit(Snapshot.holding({"model.safetensors": bytes(4 << 20)}), 1)
+print(uploader.pid, flush=True)
+uploader.wait()
+"""
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie that nobody reaped counts: it runs nothing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_an_upload_in_flight_dies_with_its_trainer(tmp_path: Path) -> None:
+    """A trainer killed in the middle of an upload takes its upload process with it: no
+    upload outlives the trainer to commit behind a new attempt's back. The upload is held
+    mid-file by a named pipe where the file's bytes go, which this test reads a byte of
+    (so the upload has begun) and then leaves full."""
+    folder = tmp_path / "ckpt" / step_dir(1)
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "model.safetensors.partial")
+    pipe = os.open(folder / "model.safetensors.partial", os.O_RDONLY | os.O_NONBLOCK)
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", TRAINER, f"file://{tmp_path}/ckpt"], stdout=subprocess.PIPE
+    )
+    assert trainer.stdout is not None
+    pid = int(trainer.stdout.readline())
+    try:
+        assert read_a_byte(pipe, time.monotonic() + 60) == b"\0"
+        trainer.kill()
+        trainer.wait()
+        deadline = time.monotonic() + 30
+        while not gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gone(pid), "the upload process outlived its trainer"
+    finally:
+        trainer.kill()
+        if not gone(pid):
+            os.kill(pid, signal.SIGKILL)
+        os.close(pipe)
+
+
+def read_a_byte(pipe: int, deadline: float) -> bytes:
+    """The first byte written to `pipe`, once a writer has sent one."""
+    while time.monotonic() < deadline:
+        try:
+            got = os.read(pipe, 1)
+        except BlockingIOError:  # a writer, nothing written yet
+            got = b""
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError("the upload never began writing")
 
 
 def test_snapshot_files_are_safetensors_that_safetensors_reads_back(tmp_path: Path) -> None:

@@ -12,13 +12,16 @@ passed over a Unix socket with a short JSON request; the reply (the committed ma
 or the error) is read at the next `wait()`: at the next checkpoint, or at the end. The
 process runs 10 nice steps lower, so when training keeps every core busy the upload
 takes what training leaves idle first. It has the trainer's environment (S3 credentials
-come from there, never over the socket), ignores SIGINT and SIGTERM (the trainer decides
-when to stop, and may still commit a last checkpoint), and exits when the trainer's end
-of the socket closes: when the trainer exits, however it exits.
+come from there, never over the socket), and ignores SIGINT and SIGTERM: the trainer
+decides when to stop, and may still commit a last checkpoint. It exits when the trainer's
+end of the socket closes, and on Linux is killed when the trainer's process ends, even in
+the middle of an upload, so no upload outlives its trainer (a checkpoint cut short has no
+manifest, so it is never used).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -102,7 +105,7 @@ class ProcessUploader:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         with theirs:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(theirs.fileno())],
+                [sys.executable, "-m", __name__, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=[theirs.fileno()],
                 env=env,
             )
@@ -201,8 +204,20 @@ def serve(sock: socket.socket) -> None:
         send_message(sock, commit(store, fds[0], request))
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def die_with(trainer: int) -> None:
+    """Be killed when the trainer's process ends (Linux); exit now if it already has."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != trainer:
+        sys.exit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
-    fd = int((argv if argv is not None else sys.argv[1:])[0])
+    fd, trainer = (int(a) for a in (argv if argv is not None else sys.argv[1:])[:2])
+    die_with(trainer)
     os.nice(UPLOAD_NICE)  # this thread's; the transfer threads started later inherit it
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
