@@ -187,6 +187,37 @@ def test_the_upload_runs_in_a_process_of_lower_priority(tmp_path: Path) -> None:
     assert uploader.close() == 0
 
 
+def test_a_runs_snapshots_reuse_one_memory_and_each_checkpoint_holds_its_own_state(
+    tmp_path: Path,
+) -> None:
+    """Each snapshot of a run is written into the same memory (its pages stay in place,
+    so the pause does not fault them in again), taken once the previous upload is done:
+    every checkpoint still holds the weights of its own pause."""
+    store = CheckpointStore(f"file://{tmp_path}/ckpt", None)
+    uploader = ProcessUploader(store)
+    model, optimizer, scheduler = prepared()
+    weights, files = {}, set()
+    for step in (1, 2):
+        train_step(model, optimizer)
+        weights[step] = model.embed.weight.detach().clone()
+        uploader.wait()  # as the trainer does before each snapshot
+        state = TrainerState(global_step=step)
+        snap = snapshot(
+            model, optimizer, scheduler, state, [rng_state()], DataIndex(units=[], counts={}),
+            uploader.arena,
+        )  # fmt: skip
+        files.add(os.fstat(snap.fd).st_ino)  # the same memory file, not only the same number
+        uploader.submit(snap, step)
+    uploader.wait()
+    uploader.close()
+    assert len(files) == 1
+    assert not torch.equal(weights[1], weights[2])
+    for committed in store.committed():
+        path = tmp_path / "ckpt" / committed.folder / "model.safetensors"
+        assert torch.equal(load_file(path)["embed.weight"], weights[committed.step])
+    assert [c.step for c in store.committed()] == [1, 2]
+
+
 def test_an_upload_process_that_dies_fails_the_checkpoint_and_the_next_one_starts_anew(
     tmp_path: Path,
 ) -> None:

@@ -5,7 +5,10 @@ All files of one snapshot lie end to end in one anonymous memory file (`memfd_cr
 an unlinked temporary file where the system has none). Training writes each file into
 it once; the upload process receives its descriptor over a Unix socket and maps it
 read-only, so no byte is copied between the processes. The memory counts against the
-container's memory like any other, and is freed when both processes have let go of it.
+container's memory like any other. A run's snapshots reuse one memory file (`Arena`):
+its pages stay in place, so the snapshot's copies do not fault 273 MB of fresh pages in
+at every checkpoint (a pause of 0.3-0.8 s instead of 0.07 s for MiniLM), and rank 0
+holds one checkpoint's size of memory for the run, which every checkpoint needs anyway.
 """
 
 from __future__ import annotations
@@ -30,25 +33,69 @@ def memory_file(size: int) -> int:
     return fd
 
 
+class Memory:
+    """A memory file and this process's map of it."""
+
+    def __init__(self, fd: int, size: int, writable: bool) -> None:
+        self.fd = fd
+        self.size = size
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        self._map = mmap.mmap(fd, size, prot=prot) if size else None
+
+    def view(self) -> memoryview:
+        return memoryview(self._map) if self._map is not None else memoryview(b"")
+
+    def close(self) -> None:
+        """Unmap and close this process's descriptor (the other one may still map it)."""
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a view is still referenced; unmapped with it
+                log.debug("snapshot memory still referenced; it is freed with its last view")
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Arena:
+    """One memory file reused by a run's snapshots, grown when one needs more room.
+    A snapshot may take it once the upload process is done with the last one."""
+
+    def __init__(self) -> None:
+        self._memory: Memory | None = None
+
+    def take(self, size: int) -> Memory:
+        if self._memory is None or self._memory.size < size:
+            self.close()
+            self._memory = Memory(memory_file(size), size, writable=True)
+        return self._memory
+
+    def close(self) -> None:
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = None
+
+
 class Snapshot:
     """The files of one checkpoint, in one memory file: name -> (offset, size)."""
 
-    def __init__(self, fd: int, spans: dict[str, tuple[int, int]], writable: bool) -> None:
-        self.fd = fd
+    def __init__(self, memory: Memory, spans: dict[str, tuple[int, int]], owned: bool) -> None:
+        self.memory = memory
         self.spans = spans
-        size = max((start + n for start, n in spans.values()), default=0)
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        self._map = mmap.mmap(fd, size, prot=prot) if size else None
-        self._view = memoryview(self._map) if self._map is not None else memoryview(b"")
+        self.owned = owned  # closed with the snapshot, not an arena's
+        self._view = memory.view()
 
     @classmethod
-    def allocate(cls, sizes: dict[str, int]) -> Snapshot:
-        """Room for files of these sizes, in this order, to be filled through `view`."""
+    def allocate(cls, sizes: dict[str, int], arena: Arena | None = None) -> Snapshot:
+        """Room for files of these sizes, in this order, to be filled through `view`:
+        in the arena's memory, or in a memory file of its own."""
         spans, offset = {}, 0
         for name, size in sizes.items():
             spans[name] = (offset, size)
             offset += size
-        return cls(memory_file(offset), spans, writable=True)
+        if arena is not None:
+            return cls(arena.take(offset), spans, owned=False)
+        return cls(Memory(memory_file(offset), offset, writable=True), spans, owned=True)
 
     @classmethod
     def holding(cls, files: dict[str, bytes | memoryview]) -> Snapshot:
@@ -57,6 +104,10 @@ class Snapshot:
         for name, data in files.items():
             snap.view(name)[:] = data
         return snap
+
+    @property
+    def fd(self) -> int:
+        return self.memory.fd
 
     def view(self, name: str) -> memoryview:
         start, size = self.spans[name]
@@ -71,13 +122,10 @@ class Snapshot:
         return sum(n for _, n in self.spans.values())
 
     def close(self) -> None:
-        """Let go of this process's hold on the memory (the other one may still map it)."""
+        """Let go of this process's hold on the memory (an arena keeps it for the next)."""
         try:
             self._view.release()
-            if self._map is not None:
-                self._map.close()
-        except BufferError:  # a view of a file is still referenced; unmapped with it
-            log.debug("snapshot memory still referenced; it is freed with its last view")
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        except BufferError:  # a file's view is still referenced; released with it
+            log.debug("snapshot view still referenced")
+        if self.owned:
+            self.memory.close()

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, load_model
 
 from .data import DataIndex, Position
-from .handoff import Snapshot
+from .handoff import Arena, Snapshot
 from .tensorfile import layout
 
 
@@ -128,10 +128,11 @@ def snapshot(
     state: TrainerState,
     rng_by_rank: list[dict[str, Any]],
     index: DataIndex,
+    arena: Arena | None = None,
 ) -> Snapshot:
     """Copy what a checkpoint holds into its files, in memory the upload process can
-    map (handoff.py): training pauses only for these copies (273 MB for MiniLM with
-    AdamW)."""
+    map (handoff.py), in `arena` when given: training pauses only for these copies (273 MB
+    for MiniLM with AdamW)."""
     weights, dropped = _model_tensors(model)
     tensors, rest = _optimizer_split(optimizer.state_dict())
     rng_tensors = {
@@ -157,7 +158,8 @@ def snapshot(
     }
     texts = {k: v.encode() for k, v in documents.items()}
     snap = Snapshot.allocate(
-        {**{k: v.size for k, v in images.items()}, **{k: len(v) for k, v in texts.items()}}
+        {**{k: v.size for k, v in images.items()}, **{k: len(v) for k, v in texts.items()}},
+        arena,
     )
     for name, planned in images.items():
         planned.write(snap.view(name))

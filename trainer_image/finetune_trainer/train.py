@@ -640,6 +640,7 @@ class Run:
                 state,
                 [r for _, r in gathered],
                 sess.index,
+                sess.uploader.arena,
             )
             self._save_seconds = time.monotonic() - began
             self.metrics.checkpoint_save_seconds.observe(self._save_seconds)

@@ -38,7 +38,7 @@ from finetune_api.checkpoints import Committed
 
 from .checkpoint import CheckpointStore
 from .errors import RetryableError
-from .handoff import Snapshot
+from .handoff import Arena, Memory, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class ProcessUploader:
         self.on_done = on_done
         self.on_bytes = on_bytes
         self.last: Committed | None = None
+        self.arena = Arena()  # the snapshots' memory, reused once each upload is done
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._waiting = False
@@ -114,7 +115,8 @@ class ProcessUploader:
         return ours
 
     def submit(self, snap: Snapshot, step: int, metrics: dict[str, float] | None = None) -> None:
-        """Commit `snap` in the upload process; this process lets go of its memory."""
+        """Commit `snap` in the upload process. Its memory must not change until `wait`
+        returns: take a snapshot into `arena` only after it."""
         self.wait()
         try:
             sock = self._sock or self._start()
@@ -151,7 +153,9 @@ class ProcessUploader:
         return f"the upload process ended (exit code {code})"
 
     def close(self) -> int | None:
-        """End the upload process (after `wait`, it is idle): its exit code."""
+        """End the upload process (after `wait`, it is idle) and free the arena: the
+        upload process's exit code."""
+        self.arena.close()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -172,7 +176,8 @@ def commit(store: CheckpointStore, fd: int, request: dict[str, Any]) -> dict[str
     """Commit one snapshot from its memory file: the reply for the trainer."""
     started = time.monotonic()
     spans = {name: (int(start), int(size)) for name, (start, size) in request["files"].items()}
-    snap = Snapshot(fd, spans, writable=False)
+    size = max((start + n for start, n in spans.values()), default=0)
+    snap = Snapshot(Memory(fd, size, writable=False), spans, owned=True)
     try:
         committed = store.commit_files(snap.files(), request["step"], request["metrics"])
     except Exception as e:  # the trainer reports it; the traceback stays here
