@@ -57,9 +57,15 @@ class Memory:
             self.fd = -1
 
 
+# Room an arena leaves beyond its first snapshot: a run's JSON files grow by a few bytes
+# as its step count and metrics do, and a new memory file would fault every page in again.
+HEADROOM = 1 << 20
+
+
 class Arena:
-    """One memory file reused by a run's snapshots, grown when one needs more room.
-    A snapshot may take it once the upload process is done with the last one."""
+    """One memory file reused by a run's snapshots, replaced by a larger one when a
+    snapshot outgrows it. A snapshot may take it once the upload process is done with
+    the last one."""
 
     def __init__(self) -> None:
         self._memory: Memory | None = None
@@ -67,7 +73,8 @@ class Arena:
     def take(self, size: int) -> Memory:
         if self._memory is None or self._memory.size < size:
             self.close()
-            self._memory = Memory(memory_file(size), size, writable=True)
+            room = size + max(HEADROOM, size // 64)
+            self._memory = Memory(memory_file(room), room, writable=True)
         return self._memory
 
     def close(self) -> None:
