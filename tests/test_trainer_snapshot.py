@@ -27,7 +27,7 @@ from finetune_trainer.errors import RetryableError
 from finetune_trainer.multipart import upload_from_memory
 from finetune_trainer.state import TrainerState, restore, rng_state, snapshot
 from finetune_trainer.storage import S3Store
-from finetune_trainer.tensorfile import image
+from finetune_trainer.tensorfile import layout
 from finetune_trainer.uploader import UPLOAD_NICE, ProcessUploader
 from trainer_support import ensure_bucket
 
@@ -314,7 +314,10 @@ def test_snapshot_files_are_safetensors_that_safetensors_reads_back(tmp_path: Pa
         "empty": torch.zeros(0, 3),
     }
     path = tmp_path / "t.safetensors"
-    path.write_bytes(image(tensors, {"out.weight": "embed.weight"}))
+    planned = layout(tensors, {"out.weight": "embed.weight"})
+    data = bytearray(planned.size)
+    planned.write(memoryview(data))
+    path.write_bytes(data)
     back = load_file(path)
     assert sorted(back) == sorted(tensors)
     for name, tensor in tensors.items():
@@ -326,4 +329,4 @@ def test_snapshot_files_are_safetensors_that_safetensors_reads_back(tmp_path: Pa
 
 def test_a_tensor_type_safetensors_has_no_name_for_is_refused_by_name() -> None:
     with pytest.raises(TypeError, match=r"moments: no safetensors type for torch\.complex64"):
-        image({"moments": torch.zeros(2, dtype=torch.complex64)})
+        layout({"moments": torch.zeros(2, dtype=torch.complex64)})

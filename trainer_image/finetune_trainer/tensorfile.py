@@ -79,11 +79,3 @@ def layout(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = N
     text = json.dumps(header, separators=(",", ":")).encode()
     text = struct.pack("<Q", len(text) + -len(text) % 8) + text + b" " * (-len(text) % 8)
     return Layout(text, spans)
-
-
-def image(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> memoryview:
-    """The safetensors file of `tensors` (and string `metadata`) in new host memory."""
-    planned = layout(tensors, metadata)
-    out = memoryview(torch.empty(planned.size, dtype=torch.uint8).numpy().data)
-    planned.write(out)
-    return out
