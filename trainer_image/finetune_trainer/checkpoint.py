@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -177,34 +177,24 @@ class CheckpointStore:
 
     # --- writing -----------------------------------------------------------------
 
-    def commit(
-        self,
-        local: Path,
-        step: int,
-        metrics: dict[str, float] | None = None,
-        on_bytes: Callable[[int], None] | None = None,
-    ) -> Committed:
+    def commit(self, local: Path, step: int, metrics: dict[str, float] | None = None) -> Committed:
         """Commit the files under `local`."""
         paths = sorted(p for p in local.rglob("*") if p.is_file())
         files = ((str(p.relative_to(local)), p.read_bytes()) for p in paths)
-        return self.commit_files(files, step, metrics, on_bytes)
+        return self.commit_files(files, step, metrics)
 
     def commit_files(
         self,
         named: Iterable[tuple[str, bytes | memoryview]],
         step: int,
         metrics: dict[str, float] | None = None,
-        on_bytes: Callable[[int], None] | None = None,
     ) -> Committed:
-        """Hash and upload each (name, bytes), then write the manifest; a snapshot's
-        `files()` lets go of each file once it is passed on and sent."""
+        """Hash and upload each (name, bytes), then write the manifest."""
         folder = step_dir(step)
         files: dict[str, dict[str, Any]] = {}
         for name, data in named:
             files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
             self.store.upload_bytes(f"{folder}/{name}", data)
-            if on_bytes:
-                on_bytes(len(data))
         return self._write_manifest(folder, step, metrics, files)
 
     def _write_manifest(

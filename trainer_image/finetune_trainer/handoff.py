@@ -105,6 +105,12 @@ class Snapshot:
         return cls(Memory(memory_file(offset), offset, writable=True), spans, owned=True)
 
     @classmethod
+    def attach(cls, fd: int, spans: dict[str, tuple[int, int]]) -> Snapshot:
+        """The snapshot another process sent: its descriptor and spans, mapped read-only."""
+        end = max((start + size for start, size in spans.values()), default=0)
+        return cls(Memory(fd, end, writable=False), spans, owned=True)
+
+    @classmethod
     def holding(cls, files: dict[str, bytes | memoryview]) -> Snapshot:
         """A snapshot of files already in memory (a copy of each)."""
         snap = cls.allocate({name: len(data) for name, data in files.items()})

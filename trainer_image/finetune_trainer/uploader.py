@@ -38,7 +38,7 @@ from finetune_api.checkpoints import Committed
 
 from .checkpoint import CheckpointStore
 from .errors import RetryableError
-from .handoff import Arena, Memory, Snapshot
+from .handoff import Arena, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +176,7 @@ def commit(store: CheckpointStore, fd: int, request: dict[str, Any]) -> dict[str
     """Commit one snapshot from its memory file: the reply for the trainer."""
     started = time.monotonic()
     spans = {name: (int(start), int(size)) for name, (start, size) in request["files"].items()}
-    size = max((start + n for start, n in spans.values()), default=0)
-    snap = Snapshot(Memory(fd, size, writable=False), spans, owned=True)
+    snap = Snapshot.attach(fd, spans)
     try:
         committed = store.commit_files(snap.files(), request["step"], request["metrics"])
     except Exception as e:  # the trainer reports it; the traceback stays here
