@@ -260,9 +260,10 @@ def gone(pid: int) -> bool:
 
 def test_an_upload_in_flight_dies_with_its_trainer(tmp_path: Path) -> None:
     """A trainer killed in the middle of an upload takes its upload process with it: no
-    upload outlives the trainer to commit behind a new attempt's back. The upload is held
-    mid-file by a named pipe where the file's bytes go, which this test reads a byte of
-    (so the upload has begun) and then leaves full."""
+    upload outlives the trainer to commit behind a new attempt's back. A named pipe where the
+    file's bytes go stands in for a slow store (the real S3 server cannot be held in the
+    middle of one upload on demand): this test reads a byte of it, so the upload has begun,
+    and then leaves it full, so the upload cannot finish."""
     folder = tmp_path / "ckpt" / step_dir(1)
     folder.mkdir(parents=True)
     os.mkfifo(folder / "model.safetensors.partial")
