@@ -11,9 +11,10 @@ side in one session, rounds alternating the order:
   divided by the checkpoints taken; against what a blocking checkpoint of the same bytes
   would lose: the training pause for the snapshot (from the trainer's log of the same runs)
   plus the upload process's work for one checkpoint (`CheckpointStore.commit_files`:
-  hash and upload each file from memory) with training stopped;
+  upload each file from memory, hashing it on the way) with training stopped;
 - the upload rate of one checkpoint's files: the trainer's store (`CheckpointStore.commit`:
-  sha256 of each file, boto3 transfers with 8 MiB parts, 8 threads, then the manifest)
+  16 MiB parts, 8 threads, each hashed once with SHA-256 for S3 and the manifest, then the
+  manifest)
   against plain boto3 `upload_file` (its default transfer settings) of the same files.
 
 On a cluster the S3 server is another machine. So by default the S3 server runs pinned to
@@ -228,7 +229,7 @@ def report(
     )
     print(f"| background loss / blocking loss | {lost / (pause + blocking):.0%} |")
     print("\n| upload of one checkpoint | MB/s |\n|---|---|")
-    print(f"| the trainer's store (commit, with sha256 and manifest) | {ours:.0f} |")
+    print(f"| the trainer's store (commit, with SHA-256 and manifest) | {ours:.0f} |")
     print(f"| boto3 upload_file, defaults | {plain:.0f} |")
 
 

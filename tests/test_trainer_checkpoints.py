@@ -3,16 +3,19 @@ and a checkpoint URI belongs to one job."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from finetune_api.checkpoints import OWNER
+from finetune_api.checkpoints import MANIFEST, OWNER
 from finetune_api.types import S3Spec
-from finetune_trainer.checkpoint import CheckpointStore
+from finetune_trainer.checkpoint import CheckpointStore, DamagedCheckpoint
 from finetune_trainer.errors import PermanentError
+from finetune_trainer.multipart import PART_SIZE
 
 
 def snapshot(root: Path, step: int) -> Path:
@@ -112,3 +115,44 @@ def test_on_corrupt_restart_starts_from_step_zero(tmp_path: Path) -> None:
     found = store.restore(tmp_path / "restore")
     assert found is not None
     assert found[0].step == 20
+
+
+def test_a_damaged_piece_of_a_large_file_falls_back_to_the_previous_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A file larger than a piece is checked piece by piece: one flipped byte in its
+    second piece makes that checkpoint damaged (the part named), and the one before is
+    restored."""
+    store = CheckpointStore(f"file://{tmp_path}/ckpt", None, keep=2)
+    weights = {step: os.urandom(PART_SIZE + 100) for step in (10, 20)}
+    for step, body in weights.items():
+        store.commit_files([("model.safetensors", body)], step)
+    newest = tmp_path / "ckpt" / "step-000000020" / "model.safetensors"
+    body = bytearray(newest.read_bytes())
+    body[PART_SIZE + 50] ^= 0x01
+    newest.write_bytes(bytes(body))
+    with pytest.raises(DamagedCheckpoint, match=r"does not match its SHA-256 .*\(part 2 of 2\)"):
+        store.download(store.committed()[-1], tmp_path / "check")
+    found = store.restore(tmp_path / "restore")
+    assert found is not None
+    assert found[0].step == 10
+    assert (found[1] / "model.safetensors").read_bytes() == weights[10]
+
+
+def test_a_checkpoint_of_the_first_manifest_format_still_restores(tmp_path: Path) -> None:
+    """Checkpoints written before pieces were hashed (format 1: one SHA-256 per whole file)
+    restore, and are refused when damaged."""
+    body = os.urandom(PART_SIZE + 100)
+    folder = tmp_path / "ckpt" / "step-000000010"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(body)
+    entry = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    manifest = {"format": 1, "step": 10, "metrics": {}, "files": {"model.safetensors": entry}}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    store = CheckpointStore(f"file://{tmp_path}/ckpt", None)
+    found = store.restore(tmp_path / "restore")
+    assert found is not None
+    assert (found[1] / "model.safetensors").read_bytes() == body
+    (folder / "model.safetensors").write_bytes(body[:-1] + b"\0")
+    with pytest.raises(DamagedCheckpoint, match="does not match its SHA-256 in the manifest$"):
+        store.download(store.committed()[-1], tmp_path / "again")

@@ -3,6 +3,7 @@ hashed and uploaded later, in a process of lower priority, while training goes o
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import signal
@@ -24,7 +25,7 @@ from finetune_api.types import S3Spec
 from finetune_trainer.checkpoint import CheckpointStore
 from finetune_trainer.data.units import DataIndex
 from finetune_trainer.errors import RetryableError
-from finetune_trainer.multipart import upload_from_memory
+from finetune_trainer.multipart import PART_SIZE, upload_from_memory
 from finetune_trainer.state import TrainerState, restore, rng_state, snapshot
 from finetune_trainer.storage import S3Store
 from finetune_trainer.tensorfile import layout
@@ -108,18 +109,32 @@ def test_a_checkpoint_holds_the_state_of_its_pause(
 
 
 @pytest.mark.parametrize("where", ["s3", "file"])
-def test_a_file_larger_than_a_part_goes_up_from_memory_byte_for_byte(
+def test_a_file_larger_than_a_part_goes_up_byte_for_byte_hashed_by_piece(
     where: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A snapshot's file is sent from its buffer as it is (in S3, in three 8 MiB parts)."""
-    store = checkpoint_store(where, tmp_path, request, monkeypatch).store
-    data = memoryview(bytearray(os.urandom(20 * 1024 * 1024 + 5)))
-    store.upload_bytes("big.safetensors", data[3:])
-    store.download_file("big.safetensors", tmp_path / "back")
-    assert (tmp_path / "back").read_bytes() == data[3:]
-    if isinstance(store, S3Store):  # a multipart object's ETag ends with its part count
-        head = store.client.head_object(Bucket=store.bucket, Key=store._key("big.safetensors"))
-        assert head["ETag"].strip('"').endswith("-3")
+    """A checkpoint's file larger than a part is sent from memory as it is (in S3, in two
+    16 MiB parts, each carrying its SHA-256, which S3 checked and kept); the manifest
+    records the SHA-256 of each piece, and the checkpoint restores against it."""
+    store = checkpoint_store(where, tmp_path, request, monkeypatch)
+    data = memoryview(bytearray(os.urandom(PART_SIZE + 5)))
+    committed = store.commit_files([("big.safetensors", data[3:])], step=7)
+    body = bytes(data[3:])
+    assert committed.manifest["format"] == 2
+    assert committed.manifest["files"]["big.safetensors"] == {
+        "size": len(body),
+        "partSize": PART_SIZE,
+        "partSha256": [hashlib.sha256(body[s : s + PART_SIZE]).hexdigest() for s in (0, PART_SIZE)],
+    }
+    found = store.restore(tmp_path / "restored")
+    assert found is not None
+    assert (found[1] / "big.safetensors").read_bytes() == body
+    if isinstance(store.store, S3Store):
+        key = store.store._key(f"{committed.folder}/big.safetensors")
+        head = store.store.client.head_object(Bucket="ckpt", Key=key, ChecksumMode="ENABLED")
+        assert head["ETag"].strip('"').endswith("-2")  # a multipart object's part count
+        pieces = b"".join(hashlib.sha256(body[s : s + PART_SIZE]).digest() for s in (0, PART_SIZE))
+        composite = base64.b64encode(hashlib.sha256(pieces).digest()).decode()
+        assert head["ChecksumSHA256"] == f"{composite}-2"
 
 
 def test_a_failed_multipart_upload_leaves_no_parts_behind(s3: Any) -> None:

@@ -2,7 +2,8 @@
 
 A checkpoint is a folder under the job's checkpoint URI, laid out as
 `finetune_api.checkpoints` says. Its files are uploaded first;
-`manifest.json`, listing each file's size and SHA-256, is written last. A
+`manifest.json`, listing each file's size and SHA-256 (of each 16 MiB piece, for a larger
+file: the hashes S3 checked its parts against), is written last. A
 folder without a manifest is not a checkpoint: an upload killed half-way is
 never used. Restores verify every file and fall
 back to the previous checkpoint when one is damaged; when none verifies the job
@@ -11,7 +12,7 @@ deleted (manifest first) only after a newer one is committed.
 
 Uploads run in a process of their own at a lower CPU priority (uploader.py), so
 training waits only for the in-memory snapshot (state.py), which already holds each
-file's bytes; that process hashes each file and uploads it from memory.
+file's bytes; that process uploads each file from memory, hashing each byte once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import shutil
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from finetune_api.checkpoints import (
     MANIFEST,
@@ -37,18 +38,44 @@ from finetune_api.checkpoints import (
 from finetune_api.types import S3Spec
 
 from .errors import PermanentError, RetryableError
+from .multipart import PART_SIZE
 from .storage import S3Store, Store, open_store
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+# 2: a file larger than one piece lists the SHA-256 of each piece ("partSize",
+# "partSha256") instead of one of the whole file ("sha256", as format 1 did for all).
+FORMAT = 2
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_entry(size: int, digests: list[str]) -> dict[str, Any]:
+    """A manifest's record of one file, from the SHA-256 of each of its pieces."""
+    if len(digests) == 1:
+        return {"size": size, "sha256": digests[0]}
+    return {"size": size, "partSize": PART_SIZE, "partSha256": digests}
+
+
+def mismatch(path: Path, meta: dict[str, Any]) -> str | None:
+    """Why the file at `path` is not the one its manifest entry describes, or None."""
+    size = path.stat().st_size
+    if size != meta["size"]:
+        return f"has {size} bytes, manifest says {meta['size']}"
+    piece = int(meta.get("partSize") or max(size, 1))
+    expected = meta["partSha256"] if "partSha256" in meta else [meta["sha256"]]
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+        for number, want in enumerate(expected, 1):
+            if piece_sha256(f, piece) != want:
+                where = f" (part {number} of {len(expected)})" if len(expected) > 1 else ""
+                return f"does not match its SHA-256 in the manifest{where}"
+    return None
+
+
+def piece_sha256(f: BinaryIO, size: int) -> str:
+    """The hex SHA-256 of the next `size` bytes of `f` (fewer at its end)."""
+    digest, left = hashlib.sha256(), size
+    while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+        digest.update(chunk)
+        left -= len(chunk)
     return digest.hexdigest()
 
 
@@ -137,11 +164,9 @@ class CheckpointStore:
                 raise  # the storage is unreachable, not the checkpoint damaged
             except Exception as e:
                 raise DamagedCheckpoint(f"{name} cannot be read ({e})") from None
-            size = path.stat().st_size
-            if size != meta["size"]:
-                raise DamagedCheckpoint(f"{name} has {size} bytes, manifest says {meta['size']}")
-            if sha256_file(path) != meta["sha256"]:
-                raise DamagedCheckpoint(f"{name} does not match its SHA-256 in the manifest")
+            wrong = mismatch(path, meta)
+            if wrong:
+                raise DamagedCheckpoint(f"{name} {wrong}")
         return target
 
     def restore(self, dest: Path, step: int | None = None) -> tuple[Committed, Path] | None:
@@ -189,12 +214,13 @@ class CheckpointStore:
         step: int,
         metrics: dict[str, float] | None = None,
     ) -> Committed:
-        """Hash and upload each (name, bytes), then write the manifest."""
+        """Upload each (name, bytes), then write the manifest with the SHA-256 of each
+        piece that the upload computed (and S3 checked)."""
         folder = step_dir(step)
         files: dict[str, dict[str, Any]] = {}
         for name, data in named:
-            files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            self.store.upload_bytes(f"{folder}/{name}", data)
+            digests = self.store.upload_bytes(f"{folder}/{name}", data)
+            files[name] = file_entry(len(data), digests)
         return self._write_manifest(folder, step, metrics, files)
 
     def _write_manifest(

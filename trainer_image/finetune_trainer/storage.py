@@ -1,7 +1,8 @@
 """Object storage behind every URI the trainer reads or writes.
 
 `s3://BUCKET/KEY` goes through boto3 (multipart uploads with concurrency: s3transfer's
-for files, multipart.py's for bytes in memory; botocore's standard retries per request
+for files, multipart.py's for bytes in memory; every body checked by its SHA-256, which
+S3 verifies on arrival; botocore's standard retries per request
 and retries.py's outage budget per operation; endpoint/region/path-style for
 S3-compatible stores; credentials only from the environment). `file:///PATH`
 and `pvc://CLAIM/PATH` (mounted at FT_PVC_ROOT/CLAIM) are plain directories.
@@ -25,7 +26,7 @@ from finetune_api.env import TrainerEnv
 from finetune_api.types import HubSpec, S3Spec
 
 from .errors import PermanentError, RetryableError
-from .multipart import PART_SIZE, THREADS, upload_from_memory
+from .multipart import PART_SIZE, THREADS, piece_digests, upload_from_memory
 from .retries import Retry, classify_hub, classify_s3
 
 
@@ -54,7 +55,10 @@ class Store(Protocol):
     def read_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO: ...
     def get_bytes(self, key: str) -> bytes: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
-    def upload_bytes(self, key: str, data: bytes | memoryview) -> None: ...
+    def upload_bytes(self, key: str, data: bytes | memoryview) -> list[str]:
+        """Writes `data` at `key`; returns the hex SHA-256 of each `PART_SIZE` piece."""
+        ...
+
     def upload_file(self, path: Path, key: str) -> None: ...
     def download_file(self, key: str, path: Path) -> None: ...
     def delete(self, keys: list[str]) -> None: ...
@@ -115,12 +119,13 @@ class LocalStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         self.upload_bytes(key, data)
 
-    def upload_bytes(self, key: str, data: bytes | memoryview) -> None:
+    def upload_bytes(self, key: str, data: bytes | memoryview) -> list[str]:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
         tmp.write_bytes(data)
         tmp.replace(path)
+        return piece_digests(data)
 
     def upload_file(self, path: Path, key: str) -> None:
         dest = self._path(key)
@@ -162,20 +167,23 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         settings = s3 or S3Spec()
-        # Over plain HTTP botocore signs every body with its sha256, which the server
-        # checks; its default CRC32 of each body would check the same bytes again, at about
-        # 0.15 CPU-s per 273 MB checkpoint (docs/benchmarks.md, "The checkpoint stall").
-        plain_http = (settings.endpoint or "").startswith("http://")
-        once = {"request_checksum_calculation": "when_required"} if plain_http else {}
+        # Every body carries its own SHA-256 (multipart.py; `ChecksumAlgorithm` for
+        # files), which S3 checks on arrival. botocore would otherwise hash each body a
+        # second time: to sign it over plain HTTP, or for a CRC32 over HTTPS. That second
+        # hash cost about 0.18 CPU-s per 273 MB checkpoint, time a checkpoint upload takes
+        # from training (docs/benchmarks.md, "The checkpoint stall").
         config = Config(
-            **once,
+            request_checksum_calculation="when_required",
             retries={
                 "mode": "standard",
                 "max_attempts": TrainerEnv.read("s3_attempts"),
             },
             connect_timeout=TrainerEnv.read("s3_connect_timeout"),
             read_timeout=60,
-            s3={"addressing_style": "path" if settings.force_path_style else "auto"},
+            s3={
+                "addressing_style": "path" if settings.force_path_style else "auto",
+                "payload_signing_enabled": False,
+            },
             max_pool_connections=32,
         )
         # Credentials come from the environment (the Secret) or the pod identity,
@@ -253,13 +261,13 @@ class S3Store:
         self._call(
             "write",
             key,
-            lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data),
+            lambda: upload_from_memory(self.client, self.bucket, self._key(key), data),
         )
 
-    def upload_bytes(self, key: str, data: bytes | memoryview) -> None:
+    def upload_bytes(self, key: str, data: bytes | memoryview) -> list[str]:
         """A large object from memory, in parallel parts as `upload_file` sends a file,
-        each part copied once from `data` (multipart.py)."""
-        self._call(
+        each part copied and hashed once from `data` (multipart.py)."""
+        return self._call(
             "upload",
             key,
             lambda: upload_from_memory(self.client, self.bucket, self._key(key), data),
@@ -270,7 +278,11 @@ class S3Store:
             "upload",
             key,
             lambda: self.client.upload_file(
-                str(path), self.bucket, self._key(key), Config=self.transfer
+                str(path),
+                self.bucket,
+                self._key(key),
+                ExtraArgs={"ChecksumAlgorithm": "SHA256"},
+                Config=self.transfer,
             ),
         )
 
