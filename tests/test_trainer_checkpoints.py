@@ -154,5 +154,5 @@ def test_a_checkpoint_of_the_first_manifest_format_still_restores(tmp_path: Path
     assert found is not None
     assert (found[1] / "model.safetensors").read_bytes() == body
     (folder / "model.safetensors").write_bytes(body[:-1] + b"\0")
-    with pytest.raises(DamagedCheckpoint, match="does not match its SHA-256 in the manifest$"):
+    with pytest.raises(DamagedCheckpoint, match=r"does not match its SHA-256 in the manifest$"):
         store.download(store.committed()[-1], tmp_path / "again")

@@ -132,9 +132,30 @@ def test_a_file_larger_than_a_part_goes_up_byte_for_byte_hashed_by_piece(
         key = store.store._key(f"{committed.folder}/big.safetensors")
         head = store.store.client.head_object(Bucket="ckpt", Key=key, ChecksumMode="ENABLED")
         assert head["ETag"].strip('"').endswith("-2")  # a multipart object's part count
-        pieces = b"".join(hashlib.sha256(body[s : s + PART_SIZE]).digest() for s in (0, PART_SIZE))
-        composite = base64.b64encode(hashlib.sha256(pieces).digest()).decode()
-        assert head["ChecksumSHA256"] == f"{composite}-2"
+        assert head["ChecksumSHA256"] == composite_sha256(body)
+
+
+def test_a_file_from_disk_goes_up_with_the_sha256_of_each_part(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files uploaded from disk (the final model) carry their SHA-256 too, part by part,
+    so S3 checks them although the client no longer signs bodies."""
+    store = checkpoint_store("s3", tmp_path, request, monkeypatch).store
+    assert isinstance(store, S3Store)
+    body = os.urandom(PART_SIZE + 5)
+    (tmp_path / "model.safetensors").write_bytes(body)
+    store.upload_file(tmp_path / "model.safetensors", "final/model.safetensors")
+    key = store._key("final/model.safetensors")
+    head = store.client.head_object(Bucket="ckpt", Key=key, ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == composite_sha256(body)
+
+
+def composite_sha256(body: bytes) -> str:
+    """What S3 keeps for an object uploaded in PART_SIZE parts, each with its SHA-256:
+    the SHA-256 of the parts' digests, and the part count."""
+    starts = range(0, len(body), PART_SIZE)
+    pieces = b"".join(hashlib.sha256(body[s : s + PART_SIZE]).digest() for s in starts)
+    return f"{base64.b64encode(hashlib.sha256(pieces).digest()).decode()}-{len(starts)}"
 
 
 def test_a_failed_multipart_upload_leaves_no_parts_behind(s3: Any) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, TypeVar, cast
+from typing import Any, BinaryIO, NoReturn, Protocol, TypeVar, cast
 
 from finetune_api.env import TrainerEnv
 from finetune_api.types import HubSpec, S3Spec
@@ -343,7 +343,7 @@ class ReadOnlyStore:
 
     uri: str
 
-    def _read_only(self, *_: object) -> None:
+    def _read_only(self, *_: object) -> NoReturn:
         raise PermanentError(f"{self.uri} is read-only: write to s3://, file:// or pvc://")
 
     put_bytes = upload_bytes = upload_file = download_file = delete = _read_only
