@@ -36,6 +36,7 @@ import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,68 @@ COMMITTED = re.compile(
 )
 
 
+class Watch(threading.Thread):
+    """Polls /proc while a run goes on, for two numbers less noisy than training time: how
+    long the training process's main thread waited for a CPU while it could run (its
+    run-queue delay, /proc/PID/schedstat), and the CPU time of its upload process, each as
+    last seen before the process ended."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.done = threading.Event()
+        self.pids: dict[str, int] = {}
+        self.waited: dict[int, float] = {}
+        self.upload_cpu: dict[int, float] = {}
+
+    def run(self) -> None:
+        polls = 0
+        while not self.done.wait(0.1):
+            # /proc is scanned every 2 s, the two processes' own files every 0.1 s.
+            missing = (
+                "worker" not in self.pids or not Path(f"/proc/{self.pids.get('uploader')}").exists()
+            )
+            if missing and polls % 20 == 0:
+                self.find()
+            polls += 1
+            try:
+                if "worker" in self.pids:
+                    stat = Path(f"/proc/{self.pids['worker']}/schedstat").read_text()
+                    self.waited[self.pids["worker"]] = int(stat.split()[1]) / 1e9
+                if "uploader" in self.pids:
+                    self.upload_cpu[self.pids["uploader"]] = cpu_seconds(self.pids["uploader"])
+            except (OSError, ValueError):
+                pass  # it ended between the two reads
+
+    def find(self) -> None:
+        for proc in Path("/proc").iterdir():
+            try:
+                args = (
+                    (proc / "cmdline").read_bytes().split(b"\0")[1:3] if proc.name.isdigit() else []
+                )
+            except OSError:
+                continue
+            if args[:1] == [b"-m"] and args[1:] in (
+                [b"finetune_trainer.worker"],
+                [b"finetune_trainer.uploader"],
+            ):
+                self.pids[args[1].decode().rpartition(".")[2]] = int(proc.name)
+
+    def totals(self) -> dict[str, float]:
+        self.done.set()
+        self.join()
+        return {"waited": sum(self.waited.values()), "upload_cpu": sum(self.upload_cpu.values())}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(
     s3: S3Server, work: Path, steps: int, every: int, prefix: str, env: dict[str, str]
 ) -> dict[str, Any]:
-    """One `ftctl run --local`: its samples/s and its checkpoints' (step, upload, pause)."""
+    """One `ftctl run --local`: its samples/s, its checkpoints' (step, upload, pause), and
+    what `Watch` saw."""
     job = {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "FineTuneJob",
@@ -74,13 +133,18 @@ def run(
             "checkpoints": {"uri": f"s3://ckpt/{prefix}", "saveSteps": every, "saveTotalLimit": 2},
         },
     }  # fmt: skip
-    out = (trainer_entry if env else ftctl_local)(job, work, prefix, {**s3.env(), **env})
+    watch = Watch()
+    watch.start()
+    try:
+        out = (trainer_entry if env else ftctl_local)(job, work, prefix, {**s3.env(), **env})
+    finally:
+        seen = watch.totals()
     rate = samples_per_second(out)
     checkpoints = [(int(s), float(u), float(p)) for s, u, p in COMMITTED.findall(out)]
     print(
         "# " + next(x for x in out.splitlines() if " thread" in x and "training " in x), flush=True
     )
-    return {"rate": rate, "checkpoints": checkpoints}
+    return {"rate": rate, "checkpoints": checkpoints, **seen}
 
 
 def trainer_entry(job: dict[str, Any], work: Path, name: str, env: dict[str, str]) -> str:
@@ -228,6 +292,14 @@ def report(
         f"| {pause + blocking:.2f} |"
     )
     print(f"| background loss / blocking loss | {lost / (pause + blocking):.0%} |")
+    waited = {n: statistics.mean(r["waited"] for r in rs) for n, rs in results.items()}
+    done = [len(r["checkpoints"]) for r in results["with"]]
+    cpu = statistics.mean(r["upload_cpu"] for r in results["with"]) / statistics.mean(done)
+    print(
+        f"| training's wait for a CPU per checkpoint (run-queue delay, with minus without) "
+        f"| {(waited['with'] - waited['without']) / per_run:.2f} |"
+    )
+    print(f"| the upload process's CPU time per checkpoint | {cpu:.2f} |")
     print("\n| upload of one checkpoint | MB/s |\n|---|---|")
     print(f"| the trainer's store (commit, with SHA-256 and manifest) | {ours:.0f} |")
     print(f"| boto3 upload_file, defaults | {plain:.0f} |")
