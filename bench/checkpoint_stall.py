@@ -12,6 +12,9 @@ side in one session, rounds alternating the order:
   would lose: the training pause for the snapshot (from the trainer's log of the same runs)
   plus the upload process's work for one checkpoint (`CheckpointStore.commit_files`:
   upload each file from memory, hashing it on the way) with training stopped;
+- two numbers less noisy than training time: how
+  long training's main thread waited for a CPU while it could run (its run-queue delay,
+  with minus without, per checkpoint), and the upload process's CPU time per checkpoint;
 - the upload rate of one checkpoint's files: the trainer's store (`CheckpointStore.commit`:
   16 MiB parts, 8 threads, each hashed once with SHA-256 for S3 and the manifest, then the
   manifest)
@@ -293,13 +296,15 @@ def report(
     )
     print(f"| background loss / blocking loss | {lost / (pause + blocking):.0%} |")
     waited = {n: statistics.mean(r["waited"] for r in rs) for n, rs in results.items()}
-    done = [len(r["checkpoints"]) for r in results["with"]]
-    cpu = statistics.mean(r["upload_cpu"] for r in results["with"]) / statistics.mean(done)
+    # Each run starts one upload process; the difference leaves out its start-up.
+    cpu = {n: statistics.mean(r["upload_cpu"] for r in rs) for n, rs in results.items()}
+    count = {n: statistics.mean(len(r["checkpoints"]) for r in rs) for n, rs in results.items()}
     print(
         f"| training's wait for a CPU per checkpoint (run-queue delay, with minus without) "
         f"| {(waited['with'] - waited['without']) / per_run:.2f} |"
     )
-    print(f"| the upload process's CPU time per checkpoint | {cpu:.2f} |")
+    per_checkpoint = (cpu["with"] - cpu["without"]) / (count["with"] - count["without"])
+    print(f"| the upload process's CPU time per checkpoint | {per_checkpoint:.2f} |")
     print("\n| upload of one checkpoint | MB/s |\n|---|---|")
     print(f"| the trainer's store (commit, with SHA-256 and manifest) | {ours:.0f} |")
     print(f"| boto3 upload_file, defaults | {plain:.0f} |")

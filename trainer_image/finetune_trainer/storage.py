@@ -1,8 +1,8 @@
 """Object storage behind every URI the trainer reads or writes.
 
 `s3://BUCKET/KEY` goes through boto3 (multipart uploads with concurrency: s3transfer's
-for files, multipart.py's for bytes in memory; every body checked by its SHA-256, which
-S3 verifies on arrival; botocore's standard retries per request
+for files, multipart.py's for bytes in memory; every object written carries the SHA-256
+of each part, which S3 verifies on arrival; botocore's standard retries per request
 and retries.py's outage budget per operation; endpoint/region/path-style for
 S3-compatible stores; credentials only from the environment). `file:///PATH`
 and `pvc://CLAIM/PATH` (mounted at FT_PVC_ROOT/CLAIM) are plain directories.
