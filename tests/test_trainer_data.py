@@ -7,6 +7,7 @@ import http.server
 import io
 import itertools
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -525,18 +526,25 @@ def test_an_unavailable_hub_is_retried_within_its_budget(
         # Down for longer than the job's budget: a retryable failure that says so.
         hub.unavailable = -1
         doc["hub"] = {"retrySeconds": 2}
+        began = time.monotonic()
         with pytest.raises(StorageUnavailable) as gone:
             Source(FineTuneJobSpec.model_validate(doc))
+        gave_up_after = time.monotonic() - began
     finally:
         hub.stop()
+    # The budget bounds every retry, the Hub client's own included (it would retry each
+    # request 5 times itself, for 23 s, before the budget saw a failure).
+    assert gave_up_after < 2 + 5, gave_up_after
     message = str(gone.value)
     assert message.startswith(
         "Hub unavailable: cannot list hf://nyu-mll/glue (503 from the server); still failing"
     ), message
     assert f"(spec.hub.retrySeconds: 2); check that the Hub at {hub.endpoint} is up" in message
     # Nothing listens there any more: refused connections are waited out the same way.
+    began = time.monotonic()
     with pytest.raises(StorageUnavailable) as refused_connection:
         Source(FineTuneJobSpec.model_validate(doc))
+    assert time.monotonic() - began < 2 + 5
     message = str(refused_connection.value)
     assert message.startswith("Hub unavailable: cannot list hf://nyu-mll/glue (Connect"), message
     assert "(spec.hub.retrySeconds: 2)" in message
@@ -580,3 +588,28 @@ def test_hf_dataset_mistakes_name_the_field(
         hub.stop()
     assert str(error.value).startswith(field_name + ":"), error.value
     assert says in str(error.value)
+
+
+def test_an_hf_dataset_while_offline_says_how_to_reach_the_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    from hub_standin import Hub
+
+    _hub_glue(tmp_path / "hub")
+    hub = Hub({"nyu-mll/glue": tmp_path / "hub" / "nyu-mll" / "glue"}).start()
+    try:
+        # A Hub is up, but HF_HUB_OFFLINE=1 (which huggingface_hub reads at import).
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        with pytest.raises(PermanentError) as error:
+            Source(FineTuneJobSpec.model_validate(glue_mrpc()))
+    finally:
+        hub.stop()
+    assert str(error.value) == (
+        "spec.dataset.uri: hf://nyu-mll/glue is on the Hugging Face Hub but HF_HUB_OFFLINE is "
+        "set; copy the dataset to s3:// or unset HF_HUB_OFFLINE"
+    )
+    assert hub.seen == []

@@ -666,7 +666,7 @@ class HubSpec(ApiModel):
         description=(
             "Seconds the trainer keeps retrying a Hub call while the Hub is unreachable or "
             "failing (connection errors, timeouts, 5xx, 429), from its first failure; then "
-            "the attempt ends with a retryable error. 0: the client's own retries only."
+            "the attempt ends with a retryable error. 0: one try, no retry."
         ),
     )
     token_secret: TokenSecret | None = Field(

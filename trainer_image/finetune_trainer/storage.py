@@ -19,8 +19,10 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, Protocol, TypeVar, cast
+from urllib.parse import quote
 
 from finetune_api.env import TrainerEnv
 from finetune_api.types import HubSpec, S3Spec
@@ -471,51 +473,67 @@ class HubStore(ReadOnlyStore):
             raise RetryableError(f"cannot {what} {self.uri} on the Hub: {e}") from None
 
     def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
-        from huggingface_hub import HfApi
+        from huggingface_hub import constants
         from huggingface_hub.errors import EntryNotFoundError
-        from huggingface_hub.hf_api import RepoFile
 
-        api = HfApi(endpoint=self.endpoint)
+        under = prefix.strip("/")
+        root = self.endpoint or constants.ENDPOINT
+        url: str | None = (
+            f"{root}/api/datasets/{self.repo_id}/tree/{quote(self.revision, safe='')}"
+            + (f"/{quote(under, safe='')}" if under else "")
+        )
 
-        def listing() -> list[ObjectInfo]:
+        def page(address: str, params: dict[str, Any] | None) -> Any:
             try:
-                tree = api.list_repo_tree(
-                    self.repo_id,
-                    prefix.strip("/") or None,
-                    recursive=True,
-                    revision=self.revision,
-                    repo_type="dataset",
-                )
-                return [ObjectInfo(f.path, f.size) for f in tree if isinstance(f, RepoFile)]
+                return self._get(address, params=params)
             except EntryNotFoundError:
-                return []
+                return None
 
-        return cast(list[ObjectInfo], self._call("list", listing))
+        found: list[ObjectInfo] = []
+        params: dict[str, Any] | None = {"recursive": True, "expand": False}
+        while url is not None:  # the Hub pages the tree, with a Link header to the next page
+            response = self._call("list", partial(page, url, params))
+            if response is None:
+                return []
+            found += [ObjectInfo(e["path"], e["size"]) for e in response.json()
+                      if e["type"] == "file"]  # fmt: skip
+            url, params = response.links.get("next", {}).get("url"), None
+        return found
 
     def read_range(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
-        from huggingface_hub import hf_hub_url, hf_raise_for_status
-        from huggingface_hub.utils import (  # type: ignore[attr-defined]  # public, lazily exported
-            build_hf_headers,
-            http_backoff,
-        )
+        from huggingface_hub import hf_hub_url
 
         if end is not None and end <= start:
             return io.BytesIO(b"")
         url = hf_hub_url(
             self.repo_id, key, repo_type="dataset", revision=self.revision, endpoint=self.endpoint
         )
-        headers = build_hf_headers()
-        headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        headers = {"Range": f"bytes={start}-{'' if end is None else end - 1}"}
 
         def fetch() -> bytes:
-            # Retries network errors, 429 and 5xx with backoff.
-            response = http_backoff("GET", url, headers=headers)
-            hf_raise_for_status(response)
+            response = self._get(url, headers=headers)
             data = response.content
             # A server that ignores Range sends the whole file.
             return bytes(data[start:end] if response.status_code == 200 else data)
 
         return io.BytesIO(self._call("read", fetch))
+
+    @staticmethod
+    def _get(url: str, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        """One GET with the Hub's headers (HF_TOKEN, which the client sends to the Hub
+        only), raised as the Hub's errors. The Hub client's own retries are off: a
+        failure goes back to `_call` at once, so spec.hub.retrySeconds bounds them all."""
+        from huggingface_hub import hf_raise_for_status
+        from huggingface_hub.utils import (  # type: ignore[attr-defined]  # public, lazily exported
+            build_hf_headers,
+            http_backoff,
+        )
+
+        response = http_backoff(
+            "GET", url, headers={**build_hf_headers(), **(headers or {})}, max_retries=0, **kwargs
+        )
+        hf_raise_for_status(response)
+        return response
 
     def get_bytes(self, key: str) -> bytes:
         return self.read_range(key).read()
