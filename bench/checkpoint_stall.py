@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,19 @@ from s3.server import S3Server  # noqa: E402
 from trainer_support import minilm_dir, mrpc_train_only  # noqa: E402
 
 BATCH = 8
+# The upload process's priority, set from outside to compare with the one it sets itself.
+PRIORITIES: dict[str, Callable[[int], None]] = {
+    "idle": lambda tid: os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0)),
+    "nice10": lambda tid: nice(tid, 10),
+    "nice19": lambda tid: nice(tid, 19),
+}
+
+
+def nice(tid: int, steps: int) -> None:
+    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+    os.setpriority(os.PRIO_PROCESS, tid, steps)
+
+
 COMMITTED = re.compile(
     r"checkpoint step (\d+) committed .* in ([0-9.]+)s \(training paused ([0-9.]+)s"
 )
@@ -66,12 +80,15 @@ class Watch(threading.Thread):
     run-queue delay, /proc/PID/schedstat), and the CPU time of its upload process, each as
     last seen before the process ended."""
 
-    def __init__(self) -> None:
+    def __init__(self, priority: str | None = None) -> None:
         super().__init__(daemon=True)
         self.done = threading.Event()
         self.pids: dict[str, int] = {}
         self.waited: dict[int, float] = {}
         self.upload_cpu: dict[int, float] = {}
+        self.priority = priority  # set on the upload process from outside (PRIORITIES)
+        self.set_on: set[int] = set()
+        self.upload_sched = ""  # as /proc last showed it: SCHED_OTHER is 0, SCHED_IDLE 5
 
     def run(self) -> None:
         polls = 0
@@ -82,13 +99,19 @@ class Watch(threading.Thread):
             )
             if missing and polls % 20 == 0:
                 self.find()
+            elif missing and self.priority:
+                self.find_uploader()  # within 0.1 s of its start, to set its priority
             polls += 1
             try:
                 if "worker" in self.pids:
                     stat = Path(f"/proc/{self.pids['worker']}/schedstat").read_text()
                     self.waited[self.pids["worker"]] = int(stat.split()[1]) / 1e9
                 if "uploader" in self.pids:
-                    self.upload_cpu[self.pids["uploader"]] = cpu_seconds(self.pids["uploader"])
+                    stat = Path(f"/proc/{self.pids['uploader']}/stat").read_text()
+                    fields = stat.rsplit(")", 1)[1].split()
+                    ticks = int(fields[11]) + int(fields[12])
+                    self.upload_cpu[self.pids["uploader"]] = ticks / os.sysconf("SC_CLK_TCK")
+                    self.upload_sched = f"policy {fields[38]}, nice {fields[16]}"
             except (OSError, ValueError):
                 pass  # it ended between the two reads
 
@@ -105,20 +128,48 @@ class Watch(threading.Thread):
                 [b"finetune_trainer.uploader"],
             ):
                 self.pids[args[1].decode().rpartition(".")[2]] = int(proc.name)
+        if "uploader" in self.pids and self.priority:
+            self.reprioritise(self.pids["uploader"])
+
+    def find_uploader(self) -> None:
+        """The worker's child (the upload process) from /proc/PID/task/*/children."""
+        if "worker" not in self.pids:
+            return
+        try:
+            for task in Path(f"/proc/{self.pids['worker']}/task").iterdir():
+                for child in (task / "children").read_text().split():
+                    if b"finetune_trainer.uploader" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        self.pids["uploader"] = int(child)
+                        self.reprioritise(int(child))
+        except (OSError, ValueError):
+            pass
+
+    def reprioritise(self, pid: int) -> None:
+        """Every thread of `pid` to `self.priority`; threads it starts later inherit it."""
+        if pid in self.set_on:
+            return
+        self.set_on.add(pid)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            PRIORITIES[self.priority](int(task.name))  # type: ignore[index]
 
     def totals(self) -> dict[str, float]:
         self.done.set()
         self.join()
-        return {"waited": sum(self.waited.values()), "upload_cpu": sum(self.upload_cpu.values())}
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return {
+            "waited": sum(self.waited.values()),
+            "upload_cpu": sum(self.upload_cpu.values()),
+            "upload_sched": self.upload_sched,
+        }
 
 
 def run(
-    s3: S3Server, work: Path, steps: int, every: int, prefix: str, env: dict[str, str]
+    s3: S3Server,
+    work: Path,
+    steps: int,
+    every: int,
+    prefix: str,
+    env: dict[str, str],
+    priority: str | None = None,
 ) -> dict[str, Any]:
     """One `ftctl run --local`: its samples/s, its checkpoints' (step, upload, pause), and
     what `Watch` saw."""
@@ -136,7 +187,7 @@ def run(
             "checkpoints": {"uri": f"s3://ckpt/{prefix}", "saveSteps": every, "saveTotalLimit": 2},
         },
     }  # fmt: skip
-    watch = Watch()
+    watch = Watch(priority)
     watch.start()
     try:
         out = (trainer_entry if env else ftctl_local)(job, work, prefix, {**s3.env(), **env})
@@ -235,15 +286,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=50, help="steps between checkpoints")
     parser.add_argument("--rounds", type=int, default=2)
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--shared", action="store_true", help="S3 server on the trainer's cores")
-    where.add_argument(
+    place = parser.add_mutually_exclusive_group()
+    place.add_argument("--shared", action="store_true", help="S3 server on the trainer's cores")
+    place.add_argument(
         "--spare-core",
         action="store_true",
         help="the trainer computes on one core fewer than it has, as a GPU node's host does",
     )
+    parser.add_argument(
+        "--priority",
+        action="append",
+        choices=sorted(PRIORITIES),
+        default=[],
+        help="also run with checkpoints with the upload process set to this priority from "
+        "outside (SCHED_IDLE, nice 10 or 19), to compare with the one it sets itself "
+        "(SCHED_IDLE where training leaves a CPU to spare, else nice 10); repeatable",
+    )
     args = parser.parse_args()
     mode = "shared" if args.shared else "spare-core" if args.spare_core else "pinned"
+    variants = ["without", "with", *(f"with, {p}" for p in args.priority)]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         s3 = S3Server(work / "s3", free_port())
@@ -253,11 +314,13 @@ def main() -> None:
             s3.client().create_bucket(Bucket="ckpt")
             where, env = pin(s3, mode)
             print(f"# {where}", flush=True)
-            results: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+            results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
             for i in range(args.rounds):
-                for name in ("without", "with") if i % 2 == 0 else ("with", "without"):
+                for name in variants if i % 2 == 0 else variants[::-1]:
                     every = args.steps * 10 if name == "without" else args.every
-                    got = run(s3, work, args.steps, every, f"{name}-{i}", env)
+                    priority = name.partition(", ")[2] or None
+                    slug = name.replace(", ", "-")
+                    got = run(s3, work, args.steps, every, f"{slug}-{i}", env, priority)
                     results[name].append(got)
                     print(f"# round {i + 1}: {name}: {got}", flush=True)
             ours, plain, blocking, size = upload_rates(s3, work, 3)
@@ -274,40 +337,70 @@ def report(
     where: str,
 ) -> None:
     ours, plain, blocking = idle
-    seconds = {n: statistics.mean(args.steps * BATCH / r["rate"] for r in rs)
-               for n, rs in results.items()}  # fmt: skip
-    inside = [c for r in results["with"] for c in r["checkpoints"] if c[0] < args.steps]
-    per_run = len(inside) / len(results["with"])
-    lost = (seconds["with"] - seconds["without"]) / per_run
-    pause = statistics.mean(c[2] for c in inside)
-    upload = statistics.mean(c[1] for c in inside)
-    print(f"\n{args.steps} steps, a checkpoint every {args.every} ({per_run:.0f} inside the "
-          f"measured steps), {size / 1e6:.0f} MB each, {args.rounds} rounds")  # fmt: skip
+    base = results["without"]
+    columns = {n: loss(rs, base, args.steps) for n, rs in results.items() if n != "without"}
+    first = columns["with"]
+    print(
+        f"\n{args.steps} steps, a checkpoint every {args.every} ({first['per_run']:.0f} "
+        f"inside the measured steps), {size / 1e6:.0f} MB each, {args.rounds} rounds"
+    )
     print(f"({where})\n")
-    print("| | seconds |\n|---|---|")
-    print(f"| training time, no checkpoint | {seconds['without']:.1f} |")
-    print(f"| training time, checkpoints uploaded in the background | {seconds['with']:.1f} |")
-    print(f"| lost per checkpoint, background upload | {lost:.2f} |")
-    print(f"| of which the snapshot pause | {pause:.2f} |")
-    print(f"| the upload in the background, while training | {upload:.2f} |")
-    print(
-        f"| lost per checkpoint, blocking (pause + the same work, training stopped) "
-        f"| {pause + blocking:.2f} |"
-    )
-    print(f"| background loss / blocking loss | {lost / (pause + blocking):.0%} |")
-    waited = {n: statistics.mean(r["waited"] for r in rs) for n, rs in results.items()}
-    # Each run starts one upload process; the difference leaves out its start-up.
-    cpu = {n: statistics.mean(r["upload_cpu"] for r in rs) for n, rs in results.items()}
-    count = {n: statistics.mean(len(r["checkpoints"]) for r in rs) for n, rs in results.items()}
-    print(
-        f"| training's wait for a CPU per checkpoint (run-queue delay, with minus without) "
-        f"| {(waited['with'] - waited['without']) / per_run:.2f} |"
-    )
-    per_checkpoint = (cpu["with"] - cpu["without"]) / (count["with"] - count["without"])
-    print(f"| the upload process's CPU time per checkpoint | {per_checkpoint:.2f} |")
+    own = {"0": "nice 10", "5": "SCHED_IDLE"}.get(results["with"][0]["upload_sched"][7:8], "?")
+    names = {"with": f"its own: {own}", "with, idle": "SCHED_IDLE", "with, nice10": "nice 10",
+             "with, nice19": "nice 19"}  # fmt: skip
+    print("| upload process at | " + " | ".join(names[n] for n in columns) + " |")
+    print("|---|" + "---|" * len(columns))
+
+    # A blocking checkpoint pauses for the snapshot alone: the least pause of the columns
+    # (a column's pause also holds any wait for an upload that is not done).
+    snapshot = min(c["pause"] for c in columns.values())
+
+    def of_blocking(_: dict[str, float]) -> float:
+        return snapshot + blocking
+
+    rows: list[tuple[str, Callable[[dict[str, float]], float], str]] = [
+        ("training time, no checkpoint, s", lambda c: c["without"], ".1f"),
+        ("training time, checkpoints uploaded in the background, s", lambda c: c["with"], ".1f"),
+        ("lost per checkpoint, background upload, s", lambda c: c["lost"], ".2f"),
+        ("of which the pause (the snapshot, and any wait for the upload before), s",
+         lambda c: c["pause"], ".2f"),
+        ("the upload in the background, while training, s", lambda c: c["upload"], ".2f"),
+        ("lost per checkpoint, blocking (the least pause + the same work, training stopped), s",
+         of_blocking, ".2f"),
+        ("background loss / blocking loss", lambda c: c["lost"] / of_blocking(c), ".0%"),
+        ("training's wait for a CPU per checkpoint (run-queue delay, with minus without), s",
+         lambda c: c["waited"], ".2f"),
+        ("(run-queue delay + pause) / blocking loss",
+         lambda c: (c["waited"] + c["pause"]) / of_blocking(c), ".0%"),
+        ("the upload process's CPU time per checkpoint, CPU-s", lambda c: c["cpu"], ".2f"),
+    ]  # fmt: skip
+    for label, value, form in rows:
+        cells = [format(value(c), form) for c in columns.values()]
+        print(f"| {label} | " + " | ".join(cells) + " |")
     print("\n| upload of one checkpoint | MB/s |\n|---|---|")
     print(f"| the trainer's store (commit, with SHA-256 and manifest) | {ours:.0f} |")
     print(f"| boto3 upload_file, defaults | {plain:.0f} |")
+
+
+def loss(runs: list[dict[str, Any]], base: list[dict[str, Any]], steps: int) -> dict[str, float]:
+    """What runs with checkpoints cost against `base` (runs without), per checkpoint."""
+    seconds = [statistics.mean(steps * BATCH / r["rate"] for r in rs) for rs in (base, runs)]
+    inside = [c for r in runs for c in r["checkpoints"] if c[0] < steps]
+    per_run = len(inside) / len(runs)
+    waited = [statistics.mean(r["waited"] for r in rs) for rs in (base, runs)]
+    # Each run starts one upload process; the difference leaves out its start-up.
+    cpu = [statistics.mean(r["upload_cpu"] for r in rs) for rs in (base, runs)]
+    count = [statistics.mean(len(r["checkpoints"]) for r in rs) for rs in (base, runs)]
+    return {
+        "without": seconds[0],
+        "with": seconds[1],
+        "per_run": per_run,
+        "lost": (seconds[1] - seconds[0]) / per_run,
+        "pause": statistics.mean(c[2] for c in inside),
+        "upload": statistics.mean(c[1] for c in inside),
+        "waited": (waited[1] - waited[0]) / per_run,
+        "cpu": (cpu[1] - cpu[0]) / (count[1] - count[0]),
+    }
 
 
 if __name__ == "__main__":

@@ -225,3 +225,18 @@ def test_threads_follow_the_containers_cpu_limit(
         (tmp_path / name).write_text(text)
     host = len(os.sched_getaffinity(0))
     assert available_cpus(tmp_path) == (min(host, expected) if expected else host)
+
+
+def test_a_cpu_is_spare_on_gpus_or_with_fewer_threads_than_cpus() -> None:
+    """Decides the checkpoint upload's priority (uploader.py): SCHED_IDLE only where
+    training leaves a CPU to spare."""
+    local = {"FT_NUM_NODES": "1", "FT_NODE_RANK": "0", "FT_PROCS_PER_NODE": "1"}
+    cpus = available_cpus()
+    assert from_env(pod_env(**local, FT_DEVICE="cuda")).spare_cpu
+    every = from_env(pod_env(**local, FT_DEVICE="cpu"))
+    assert every.cpu_threads == cpus
+    assert not every.spare_cpu
+    one = from_env(pod_env(**local, FT_DEVICE="cpu", FT_CPU_THREADS="1"))
+    assert one.spare_cpu == (cpus > 1)
+    two = from_env(pod_env(**{**local, "FT_PROCS_PER_NODE": "2"}, FT_DEVICE="cpu"))
+    assert two.spare_cpu == (2 * max(1, cpus // 2) < cpus)

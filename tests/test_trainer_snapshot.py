@@ -195,10 +195,12 @@ def commit_one(uploader: ProcessUploader, step: int) -> None:
     uploader.wait()
 
 
-def test_the_upload_runs_in_a_process_of_lower_priority(tmp_path: Path) -> None:
+@pytest.mark.parametrize("idle", [False, True])
+def test_the_upload_runs_in_a_process_of_lower_priority(tmp_path: Path, idle: bool) -> None:
     """The upload runs in a process of its own (it does not share the training process's
-    interpreter lock), niced below training so that training gets the CPU first, and
-    that process ends when the trainer closes it."""
+    interpreter lock), below training so that training gets the CPU first: as SCHED_IDLE
+    where training leaves a CPU to spare, else niced; that process ends when the trainer
+    closes it."""
     ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     done: list[tuple[int, float]] = []
     sent: list[int] = []
@@ -206,6 +208,7 @@ def test_the_upload_runs_in_a_process_of_lower_priority(tmp_path: Path) -> None:
         CheckpointStore(f"file://{tmp_path}/ckpt", None),
         on_done=lambda c, seconds: done.append((c.step, seconds)),
         on_bytes=sent.append,
+        idle=idle,
     )
     snap = small_snapshot(step=4)
     size = snap.size
@@ -214,7 +217,11 @@ def test_the_upload_runs_in_a_process_of_lower_priority(tmp_path: Path) -> None:
     assert pid is not None
     assert pid != os.getpid()
     uploader.wait()  # it has answered, so it has lowered its priority
-    assert os.getpriority(os.PRIO_PROCESS, pid) == min(ours + UPLOAD_NICE, 19)
+    if idle:
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+    else:
+        assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(ours + UPLOAD_NICE, 19)
     assert [step for step, _ in done] == [4]
     assert sent == [size]
     assert uploader.last is not None

@@ -50,6 +50,12 @@ class TrainerConfig(TrainerEnv):
     def world_size(self) -> int:
         return self.num_nodes * self.procs_per_node
 
+    @property
+    def spare_cpu(self) -> bool:
+        """Whether training leaves a CPU of this node to spare: on GPUs (the host's cores
+        wait on the device), or with fewer compute threads than the CPUs it may use."""
+        return uses_gpu(self.device) or self.procs_per_node * self.cpu_threads < available_cpus()
+
 
 def _load_spec(env: TrainerEnv) -> dict[str, Any]:
     inline, path = TrainerEnv.variable("job_spec"), TrainerEnv.variable("job_spec_file")

@@ -400,7 +400,10 @@ class Run:
         )
         self.metrics.total_steps.set(state.total_steps)
         uploader = ProcessUploader(
-            self.ckpt, on_done=self._committed, on_bytes=self.metrics.checkpoint_bytes.inc
+            self.ckpt,
+            on_done=self._committed,
+            on_bytes=self.metrics.checkpoint_bytes.inc,
+            idle=cfg.spare_cpu,
         )
         sess = Session(model, optimizer, scheduler, index, uploader, evaluator)
         sess.clip_in_step = fuses_clipping(optimizer)

@@ -9,13 +9,18 @@ checkpoint stall"). A process has a lock of its own.
 The trainer's main process starts one upload process at its first checkpoint and keeps
 it for the run. Each checkpoint goes to it as a snapshot's memory file (handoff.py),
 passed over a Unix socket with a short JSON request; the reply (the committed manifest,
-or the error) is read at the next `wait()`: at the next checkpoint, or at the end. The
-process runs 10 nice steps lower, so when training keeps every core busy the upload
-takes what training leaves idle first. It has the trainer's environment (S3 credentials
-come from there, never over the socket), and ignores SIGINT and SIGTERM: the trainer
-decides when to stop, and may still commit a last checkpoint. It exits when the trainer's
-end of the socket closes, and on Linux is killed when the trainer's process ends, even in
-the middle of an upload, so no upload outlives its trainer (a checkpoint cut short has no
+or the error) is read at the next `wait()`: at the next checkpoint, or at the end.
+
+Where training leaves a CPU to spare (a GPU node, or fewer compute threads than CPUs), the
+process runs as SCHED_IDLE: it gets a CPU only when nothing else in the container wants
+one. Where training keeps every CPU busy, SCHED_IDLE would starve the upload for most of
+the interval between checkpoints, and the next checkpoint would wait for it; there it runs
+10 nice steps lower and takes what training leaves idle first (docs/benchmarks.md, "The
+checkpoint stall"). It has the trainer's environment (S3 credentials come from there,
+never over the socket), and ignores SIGINT and SIGTERM: the trainer decides when to stop,
+and may still commit a last checkpoint. It exits when the trainer's end of the socket
+closes, and on Linux is killed when the trainer's process ends, even in the middle of an
+upload, so no upload outlives its trainer (a checkpoint cut short has no
 manifest, so it is never used).
 """
 
@@ -43,6 +48,7 @@ from .handoff import Arena, Snapshot
 log = logging.getLogger(__name__)
 
 UPLOAD_NICE = 10  # nice steps below the trainer
+IDLE, NICE = "idle", "nice"  # the upload process's priority: SCHED_IDLE, or UPLOAD_NICE
 START = b"S"  # the byte a snapshot's descriptor travels with
 HEADER = struct.Struct("<I")  # each JSON message's length
 EXIT_WAIT_SECONDS = 30.0
@@ -86,8 +92,10 @@ class ProcessUploader:
         store: CheckpointStore,
         on_done: Callable[[Committed, float], None] | None = None,
         on_bytes: Callable[[int], None] | None = None,
+        idle: bool = False,
     ) -> None:
         self.store = store
+        self.idle = idle  # SCHED_IDLE (training leaves a CPU to spare), else nice
         self.on_done = on_done
         self.on_bytes = on_bytes
         self.last: Committed | None = None
@@ -106,7 +114,14 @@ class ProcessUploader:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         with theirs:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(theirs.fileno()), str(os.getpid())],
+                [
+                    sys.executable,
+                    "-m",
+                    __name__,
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                    IDLE if self.idle else NICE,
+                ],
                 pass_fds=[theirs.fileno()],
                 env=env,
             )
@@ -219,10 +234,22 @@ def die_with(trainer: int) -> None:
         sys.exit(0)
 
 
+def lower_priority(idle: bool) -> None:
+    """This thread's priority, which the transfer threads started later inherit:
+    SCHED_IDLE if `idle` and the kernel allows it, else UPLOAD_NICE steps lower."""
+    if idle:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return
+        except (AttributeError, OSError) as e:  # not Linux, or refused
+            log.info("uploads run %d nice steps lower: SCHED_IDLE refused (%s)", UPLOAD_NICE, e)
+    os.nice(UPLOAD_NICE)
+
+
 def main(argv: list[str] | None = None) -> int:
-    fd, trainer = (int(a) for a in (argv if argv is not None else sys.argv[1:])[:2])
+    args = argv if argv is not None else sys.argv[1:]
+    fd, trainer = int(args[0]), int(args[1])
     die_with(trainer)
-    os.nice(UPLOAD_NICE)  # this thread's; the transfer threads started later inherit it
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(
@@ -230,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s [checkpoint upload] %(message)s",
         stream=sys.stdout,
     )
+    lower_priority(args[2:3] == [IDLE])
     for noisy in ("botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     with socket.socket(fileno=fd) as sock:
