@@ -64,6 +64,9 @@ PRIORITIES: dict[str, Callable[[int], None]] = {
 }
 
 
+SHOWS = {"idle": "policy 5", "nice10": "policy 0, nice 10", "nice19": "policy 0, nice 19"}
+
+
 def nice(tid: int, steps: int) -> None:
     os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
     os.setpriority(os.PRIO_PROCESS, tid, steps)
@@ -87,7 +90,6 @@ class Watch(threading.Thread):
         self.waited: dict[int, float] = {}
         self.upload_cpu: dict[int, float] = {}
         self.priority = priority  # set on the upload process from outside (PRIORITIES)
-        self.set_on: set[int] = set()
         self.upload_sched = ""  # as /proc last showed it: SCHED_OTHER is 0, SCHED_IDLE 5
 
     def run(self) -> None:
@@ -112,6 +114,9 @@ class Watch(threading.Thread):
                     ticks = int(fields[11]) + int(fields[12])
                     self.upload_cpu[self.pids["uploader"]] = ticks / os.sysconf("SC_CLK_TCK")
                     self.upload_sched = f"policy {fields[38]}, nice {fields[16]}"
+                    if self.priority and not self.upload_sched.startswith(SHOWS[self.priority]):
+                        # Again after the process has set its own, at its start.
+                        self.reprioritise(self.pids["uploader"])
             except (OSError, ValueError):
                 pass  # it ended between the two reads
 
@@ -128,8 +133,6 @@ class Watch(threading.Thread):
                 [b"finetune_trainer.uploader"],
             ):
                 self.pids[args[1].decode().rpartition(".")[2]] = int(proc.name)
-        if "uploader" in self.pids and self.priority:
-            self.reprioritise(self.pids["uploader"])
 
     def find_uploader(self) -> None:
         """The worker's child (the upload process) from /proc/PID/task/*/children."""
@@ -140,15 +143,11 @@ class Watch(threading.Thread):
                 for child in (task / "children").read_text().split():
                     if b"finetune_trainer.uploader" in Path(f"/proc/{child}/cmdline").read_bytes():
                         self.pids["uploader"] = int(child)
-                        self.reprioritise(int(child))
         except (OSError, ValueError):
             pass
 
     def reprioritise(self, pid: int) -> None:
         """Every thread of `pid` to `self.priority`; threads it starts later inherit it."""
-        if pid in self.set_on:
-            return
-        self.set_on.add(pid)
         for task in Path(f"/proc/{pid}/task").iterdir():
             PRIORITIES[self.priority](int(task.name))  # type: ignore[index]
 
