@@ -15,6 +15,9 @@ side in one session, rounds alternating the order:
 - two numbers less noisy than training time: how
   long training's main thread waited for a CPU while it could run (its run-queue delay,
   with minus without, per checkpoint), and the upload process's CPU time per checkpoint;
+- with `--priority idle|nice10|nice19` (repeatable), more runs with checkpoints in which
+  the bench sets the upload process's priority from outside, to compare with the one it
+  sets itself (SCHED_IDLE where training leaves a CPU to spare, else nice 10);
 - the upload rate of one checkpoint's files: the trainer's store (`CheckpointStore.commit`:
   16 MiB parts, 8 threads, each hashed once with SHA-256 for S3 and the manifest, then the
   manifest)
