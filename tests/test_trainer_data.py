@@ -600,7 +600,9 @@ def test_an_hf_dataset_while_offline_says_how_to_reach_the_hub(
     _hub_glue(tmp_path / "hub")
     hub = Hub({"nyu-mll/glue": tmp_path / "hub" / "nyu-mll" / "glue"}).start()
     try:
-        # A Hub is up, but HF_HUB_OFFLINE=1 (which huggingface_hub reads at import).
+        # hub_standin stands in for the Hugging Face Hub, which this machine cannot reach;
+        # it is up, but HF_HUB_OFFLINE=1 (which huggingface_hub reads at import), so the
+        # trainer's real Hub client must not send it anything.
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
