@@ -26,7 +26,7 @@ from finetune_trainer.checkpoint import CheckpointStore
 from finetune_trainer.data.units import DataIndex
 from finetune_trainer.errors import RetryableError
 from finetune_trainer.multipart import PART_SIZE, upload_from_memory
-from finetune_trainer.state import TrainerState, restore, rng_state, snapshot
+from finetune_trainer.state import TrainerState, checkpoint_files, restore, rng_state
 from finetune_trainer.storage import S3Store
 from finetune_trainer.tensorfile import layout
 from finetune_trainer.uploader import UPLOAD_NICE, ProcessUploader
@@ -75,10 +75,10 @@ def test_a_checkpoint_holds_the_state_of_its_pause(
     scheduler.step()
     at_pause = {k: v.clone() for k, v in model.state_dict().items()}
     moments = {k: v.clone() for k, v in optimizer.state[model.embed.weight].items()}
-    snap = snapshot(
+    snap = checkpoint_files(
         model, optimizer, scheduler, TrainerState(global_step=1), [rng_state()],
         DataIndex(units=[], counts={}),
-    )  # fmt: skip
+    ).snapshot()  # fmt: skip
     train_step(model, optimizer)  # the next steps run while the upload does
     assert not torch.equal(model.embed.weight, at_pause["embed.weight"])
 
@@ -185,9 +185,9 @@ def checkpoint_store(
 def small_snapshot(step: int = 0) -> Any:
     model, optimizer, scheduler = prepared()
     state = TrainerState(global_step=step)
-    return snapshot(
+    return checkpoint_files(
         model, optimizer, scheduler, state, [rng_state()], DataIndex(units=[], counts={})
-    )
+    ).snapshot()
 
 
 def commit_one(uploader: ProcessUploader, step: int) -> None:
@@ -245,10 +245,9 @@ def test_a_runs_snapshots_reuse_one_memory_and_each_checkpoint_holds_its_own_sta
         weights[step] = model.embed.weight.detach().clone()
         uploader.wait()  # as the trainer does before each snapshot
         state = TrainerState(global_step=step)
-        snap = snapshot(
-            model, optimizer, scheduler, state, [rng_state()], DataIndex(units=[], counts={}),
-            uploader.arena,
-        )  # fmt: skip
+        snap = checkpoint_files(
+            model, optimizer, scheduler, state, [rng_state()], DataIndex(units=[], counts={})
+        ).snapshot(uploader.arena)
         files.add(os.fstat(snap.fd).st_ino)  # the same memory file, not only the same number
         uploader.submit(snap, step)
     uploader.wait()
@@ -259,6 +258,50 @@ def test_a_runs_snapshots_reuse_one_memory_and_each_checkpoint_holds_its_own_sta
         path = tmp_path / "ckpt" / committed.folder / "model.safetensors"
         assert torch.equal(load_file(path)["embed.weight"], weights[committed.step])
     assert [c.step for c in store.committed()] == [9, 10]
+
+
+def resident_shared_kb() -> int:
+    """Shared memory mapped into this process's page tables (RssShmem), in kB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssShmem:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssShmem in /proc/self/status")
+
+
+def test_snapshot_memory_is_prepared_after_the_first_step_off_the_training_thread(
+    tmp_path: Path,
+) -> None:
+    """Reserved ahead, the snapshots' memory is faulted in by a thread of its own, so the
+    first checkpoint's copies find its pages in place; the first snapshot is written into
+    that memory, and the training thread keeps its priority."""
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    uploader = ProcessUploader(CheckpointStore(f"file://{tmp_path}/ckpt", None))
+    model, optimizer, scheduler = prepared()
+    train_step(model, optimizer)  # AdamW has its moments from here on
+    files = checkpoint_files(
+        model, optimizer, scheduler, TrainerState(global_step=1), [rng_state()],
+        DataIndex(units=[], counts={}),
+    )  # fmt: skip
+    size = sum(files.sizes.values())
+    before = resident_shared_kb()
+    uploader.reserve(size)
+    assert uploader.arena.asked
+    deadline = time.monotonic() + 30
+    while resident_shared_kb() - before < size // 1024:
+        assert time.monotonic() < deadline, "the reserved memory was not faulted in"
+        time.sleep(0.01)  # polling the kernel's count, not waiting for a result
+    prepared_kb = resident_shared_kb()
+    snap = files.snapshot(uploader.arena)
+    assert resident_shared_kb() == prepared_kb  # written into the prepared pages
+    assert snap.size == size
+    uploader.submit(snap, 1)
+    uploader.wait()
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ours
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert uploader.close() == 0
+    (committed,) = CheckpointStore(f"file://{tmp_path}/ckpt", None).committed()
+    path = tmp_path / "ckpt" / committed.folder / "model.safetensors"
+    assert torch.equal(load_file(path)["embed.weight"], model.embed.weight.detach())
 
 
 def test_an_upload_process_that_dies_fails_the_checkpoint_and_the_next_one_starts_anew(

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, load_model
 
 from .data import DataIndex, Position
 from .handoff import Arena, Snapshot
-from .tensorfile import layout
+from .tensorfile import Layout, layout
 
 
 @dataclass
@@ -79,7 +79,7 @@ def _optimizer_split(opt_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor]
         rest["state"][str(idx)] = {}
         for name, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{idx}.{name}"] = value.detach()  # copied by snapshot()
+                tensors[f"{idx}.{name}"] = value.detach()  # copied by CheckpointFiles.snapshot()
             else:
                 rest["state"][str(idx)][name] = value
     return tensors, rest
@@ -121,18 +121,42 @@ def _covers_storage(t: torch.Tensor) -> bool:
     )
 
 
-def snapshot(
+@dataclass
+class CheckpointFiles:
+    """A checkpoint's files, planned: tensors laid out, documents encoded, nothing
+    copied yet."""
+
+    images: dict[str, Layout]
+    texts: dict[str, bytes]
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {
+            **{k: v.size for k, v in self.images.items()},
+            **{k: len(v) for k, v in self.texts.items()},
+        }
+
+    def snapshot(self, arena: Arena | None = None) -> Snapshot:
+        """Copy the files into memory the upload process can map (handoff.py), in
+        `arena` when given: training pauses only for these copies (273 MB for MiniLM
+        with AdamW)."""
+        snap = Snapshot.allocate(self.sizes, arena)
+        for name, planned in self.images.items():
+            planned.write(snap.view(name))
+        for name, text in self.texts.items():
+            snap.view(name)[:] = text
+        return snap
+
+
+def checkpoint_files(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: TrainerState,
     rng_by_rank: list[dict[str, Any]],
     index: DataIndex,
-    arena: Arena | None = None,
-) -> Snapshot:
-    """Copy what a checkpoint holds into its files, in memory the upload process can
-    map (handoff.py), in `arena` when given: training pauses only for these copies (273 MB
-    for MiniLM with AdamW)."""
+) -> CheckpointFiles:
+    """What a checkpoint of this state holds, file by file."""
     weights, dropped = _model_tensors(model)
     tensors, rest = _optimizer_split(optimizer.state_dict())
     rng_tensors = {
@@ -156,16 +180,7 @@ def snapshot(
         "optimizer.safetensors": layout(tensors),
         "rng.safetensors": layout(rng_tensors),
     }
-    texts = {k: v.encode() for k, v in documents.items()}
-    snap = Snapshot.allocate(
-        {**{k: v.size for k, v in images.items()}, **{k: len(v) for k, v in texts.items()}},
-        arena,
-    )
-    for name, planned in images.items():
-        planned.write(snap.view(name))
-    for name, text in texts.items():
-        snap.view(name)[:] = text
-    return snap
+    return CheckpointFiles(images, {k: v.encode() for k, v in documents.items()})
 
 
 def load_trainer_state(src: Path) -> tuple[TrainerState, DataIndex]:

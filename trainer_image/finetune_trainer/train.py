@@ -62,7 +62,7 @@ from .model import load
 from .optimizer import build_optimizer, clipped_step, fuses_clipping
 from .precision import cpu_has_amx, cpu_has_bf16, describe, mixed_precision, read_cpuinfo
 from .schedule import Schedule
-from .state import TrainerState, load_trainer_state, restore, rng_state, snapshot
+from .state import TrainerState, checkpoint_files, load_trainer_state, restore, rng_state
 from .stopping import GracefulStop, StopRequest, register
 from .storage import open_store
 from .uploader import ProcessUploader
@@ -537,6 +537,8 @@ class Run:
         if saved:
             self._checkpoint(sess, state, position)
             sess.last_save = time.monotonic()
+        if self.is_main and not sess.uploader.arena.asked:
+            self._reserve(sess, state)
         if stop and step < state.total_steps:
             self._stop(sess, state, position, saved)
 
@@ -636,18 +638,31 @@ class Run:
         if self.is_main:
             began = time.monotonic()
             sess.uploader.wait()
-            snap = snapshot(
+            snap = checkpoint_files(
                 self.acc.unwrap_model(sess.model),
                 sess.optimizer.optimizer,
                 sess.scheduler,
                 state,
                 [r for _, r in gathered],
                 sess.index,
-                sess.uploader.arena,
-            )
+            ).snapshot(sess.uploader.arena)
             self._save_seconds = time.monotonic() - began
             self.metrics.checkpoint_save_seconds.observe(self._save_seconds)
             sess.uploader.submit(snap, state.global_step, dict(state.eval_metrics))
+
+    def _reserve(self, sess: Session, state: TrainerState) -> None:
+        """After the first step, once the optimizer has its state: prepare the memory of
+        the snapshots in the background, so the first checkpoint's pause is as short as
+        the later ones (handoff.py)."""
+        files = checkpoint_files(
+            self.acc.unwrap_model(sess.model),
+            sess.optimizer.optimizer,
+            sess.scheduler,
+            state,
+            [rng_state()] * self.world,
+            sess.index,
+        )
+        sess.uploader.reserve(sum(files.sizes.values()))
 
     def _committed(self, committed: Committed, seconds: float) -> None:
         self._checkpoint_seconds = self._save_seconds + seconds  # what a stop must allow for

@@ -129,6 +129,11 @@ class ProcessUploader:
         send_message(ours, self.store.settings())
         return ours
 
+    def reserve(self, size: int) -> None:
+        """Prepare the snapshots' memory (`size` bytes) now, in a thread at the upload's
+        priority, so that the first checkpoint's pause does not fault it in."""
+        self.arena.reserve(size, first=lambda: lower_priority(self.idle))
+
     def submit(self, snap: Snapshot, step: int, metrics: dict[str, float] | None = None) -> None:
         """Commit `snap` in the upload process. Its memory must not change until `wait`
         returns: take a snapshot into `arena` only after it."""
