@@ -42,10 +42,15 @@ def tokenized(tokenizer: Any, split: str) -> Any:
 
 
 def train(
-    seed: int, steps: int | None = None, **tuning: Any
+    seed: int,
+    steps: int | None = None,
+    model_dir: Path | None = None,
+    use_cpu: bool = True,
+    **tuning: Any,
 ) -> tuple[float, list[tuple[float, float]]]:
-    """The recipe (with `tuning`, further TrainingArguments): its training samples/s, and
-    dev accuracy / F1 after each epoch (none when `steps` caps the run)."""
+    """The recipe (with `tuning`, further TrainingArguments) on MiniLM, or the model in
+    `model_dir`, on the CPU unless `use_cpu` is false: its training samples/s, and dev
+    accuracy / F1 after each epoch (none when `steps` caps the run)."""
     import numpy as np
     from sklearn.metrics import accuracy_score, f1_score
     from transformers import (
@@ -57,11 +62,11 @@ def train(
         set_seed,
     )
 
-    model_dir = str(minilm_dir())
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model_path = str(model_dir or minilm_dir())
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     train_set, dev = tokenized(tokenizer, "train"), tokenized(tokenizer, "dev")
     set_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
 
     def metrics(pred: Any) -> dict[str, float]:
         guess = np.argmax(pred.predictions, axis=-1)
@@ -82,7 +87,7 @@ def train(
             max_steps=steps or -1,
             seed=seed,
             report_to=[],
-            use_cpu=True,
+            use_cpu=use_cpu,
             disable_tqdm=True,
             logging_steps=100,
             **tuning,

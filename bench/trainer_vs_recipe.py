@@ -13,6 +13,14 @@ hyper-parameters (global batch 8, lr 5e-5), same number of optimizer steps:
   attention) and `precision: auto` (bf16 only on CPUs with AMX), and each lever on its own:
   `paddingFree: false`, `groupByLength: true`, `precision: fp32`, `processesPerNode: 2`.
 
+On a GPU (`--device cuda`, the default where one is visible) the model is BERT-base-sized
+(`--model bert-base`: 12 layers of 768, random initialisation, MiniLM's tokenizer), the
+tuned `Trainer` runs in bf16, ours runs on one GPU with the whole batch, and the MFU column
+puts each run's model FLOPs (PaLM's formula: 6 per weight of the layers per real token, plus
+attention, over the real tokens only) against the bf16 matrix-multiply peak measured in the
+same run (a plain `torch.matmul` loop). On the CPU that peak is fp32's, unless the CPU has
+AMX (then bf16's, as `precision: auto` picks). Both models run on either device.
+
 `--quick` runs a fixed number of steps for throughput; `--full` runs 3 epochs per seed and
 adds dev accuracy and F1. Rounds alternate which runs first. Samples/s are each trainer's
 own training-loop rate (model loading excluded for all); real tokens/s multiply it by the
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import re
 import signal
@@ -53,26 +62,38 @@ LR = 5e-5
 MAX_LEN = 128
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What every column of one bench run shares: the model and the device."""
+
+    model_dir: Path
+    device: str  # cpu or cuda
+
+
 @dataclass
 class Result:
     samples_per_s: list[float] = field(default_factory=list)
     scores: list[tuple[float, float]] = field(default_factory=list)  # (accuracy, f1) per run
 
 
-def hf_trainer(tuned: bool, steps: int | None, seed: int) -> tuple[float, tuple[float, float]]:
+def hf_trainer(
+    setup: Setup, tuned: bool, steps: int | None, seed: int
+) -> tuple[float, tuple[float, float]]:
     """The recipe (or the tuned Trainer): its samples/s and final dev accuracy/F1."""
     tuning: dict[str, Any] = {}
     if tuned:
         tuning = {
             "train_sampling_strategy": "group_by_length",  # transformers 5 (was group_by_length)
-            "bf16": cpu_has_amx(),
+            "bf16": setup.device == "cuda" or cpu_has_amx(),
             "dataloader_num_workers": 1,
         }
-    rate, scores = mrpc_reference.train(seed, steps, **tuning)
+    on_cpu = setup.device == "cpu"
+    rate, scores = mrpc_reference.train(seed, steps, setup.model_dir, on_cpu, **tuning)
     return rate, scores[-1] if scores else (0.0, 0.0)
 
 
 def ours(
+    setup: Setup,
     procs: int | None,
     steps: int | None,
     seed: int,
@@ -83,10 +104,13 @@ def ours(
     """`ftctl run --local` of the same job (`procs`: its processesPerNode, None for the
     default): its samples/s and final dev accuracy/F1."""
     processes = {"processesPerNode": procs} if procs else {}
+    # The quickstart's shape on the CPU: 2 GPUs' batch, one process by default; on a GPU
+    # machine one GPU with the whole batch.
+    gpus = 1 if setup.device == "cuda" else 2
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         training: dict[str, Any] = {
-            "perDeviceTrainBatchSize": GLOBAL_BATCH // 2,
+            "perDeviceTrainBatchSize": GLOBAL_BATCH // gpus,
             "learningRate": LR,
             "numTrainEpochs": 3,
             "evalStrategy": "no" if steps else "epoch",
@@ -103,30 +127,33 @@ def ours(
             "kind": "FineTuneJob",
             "metadata": {"name": "bench"},
             "spec": {
-                "model": {"uri": f"file://{minilm_dir()}", "numLabels": 2},
+                "model": {"uri": f"file://{setup.model_dir}", "numLabels": 2},
                 "dataset": mrpc_dataset(MAX_LEN),
                 "training": training,
-                # The quickstart's shape: 2 GPUs' batch; on the CPU one process by default.
-                "resources": {"nodes": 1, "gpusPerNode": 2, **processes},
+                "resources": {"nodes": 1, "gpusPerNode": gpus, **processes},
                 "checkpoints": {"uri": str(work / "checkpoints")},
                 "output": {"uri": str(work / "model")},
             },
         }
-        out = ftctl_local(job, work, "run")
+        out = ftctl_local(job, work, "run", device=setup.device)
     evals = re.findall(r"eval at step \d+ \| accuracy ([0-9.]+) f1 ([0-9.]+)", out)
     scores = (float(evals[-1][0]), float(evals[-1][1])) if evals else (0.0, 0.0)
     return samples_per_second(out), scores
 
 
 def ftctl_local(
-    job: dict[str, Any], work: Path, name: str, env: dict[str, str] | None = None
+    job: dict[str, Any],
+    work: Path,
+    name: str,
+    env: dict[str, str] | None = None,
+    device: str = "cpu",
 ) -> str:
-    """`ftctl run --local` of `job` on the CPU, as users run it (scratch in work/name):
+    """`ftctl run --local` of `job` on `device`, as users run it (scratch in work/name):
     its output. The other benches run our trainer through this too."""
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(job))
     argv = [str(Path(sys.executable).parent / "ftctl"), "run", "--local", "-f", str(path),
-            "--device", "cpu", "--metrics-port", "0", "--work-dir", str(work / name)]  # fmt: skip
+            "--device", device, "--metrics-port", "0", "--work-dir", str(work / name)]  # fmt: skip
     return output_of(argv, {**os.environ, **(env or {}), "HF_HUB_OFFLINE": "1"}, "ftctl run")
 
 
@@ -166,9 +193,9 @@ def train_lengths() -> list[int]:
     return [len(x) for x in mrpc_reference.tokenized(tokenizer, "train")["input_ids"]]
 
 
-def padding(order: str) -> tuple[float, float, float]:
+def padding(order: str, device: str) -> tuple[float, float, float]:
     """Mean real tokens of a pair, the padded fraction of one epoch's batches, and
-    that of their padding-free attention calls (in_calls)."""
+    that of their padding-free attention calls on `device` (in_calls)."""
     import random
 
     from transformers.trainer_pt_utils import get_length_grouped_indices
@@ -204,18 +231,83 @@ def padding(order: str) -> tuple[float, float, float]:
     batches = [idx[i : i + size] for i in range(0, len(idx), size)]
     real = sum(lengths)
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-    return real / len(lengths), 1 - real / padded, 1 - real / sum(map(in_calls, batches))
+    in_attention = sum(in_calls(b, device) for b in batches)
+    return real / len(lengths), 1 - real / padded, 1 - real / in_attention
 
 
-def in_calls(batch: list[int]) -> int:
-    """Tokens a padding-free step's attention computes for `batch` on a CPU: its
-    examples cut into calls by length, each call padded to its longest."""
+def in_calls(batch: list[int], device: str) -> int:
+    """Tokens a padding-free step's attention computes for `batch`: its examples cut
+    into calls by length on a CPU, each call padded to its longest (one call on a GPU)."""
     from finetune_trainer import packing
 
     lengths = [train_lengths()[i] for i in batch]
-    groups = packing._plan(lengths, packing.CPU_CALL_COST)
+    cost = packing.CPU_CALL_COST if device == "cpu" else math.inf
+    groups = packing._plan(lengths, cost)
     return sum(len(g) * max(lengths[e] for e in g) for g in groups)
 
+
+def bert_base(dest: Path) -> Path:
+    """A BERT-base-sized classifier (12 layers of 768, as bert-base-uncased), randomly
+    initialised, with MiniLM's tokenizer (the same uncased vocabulary): for speed only."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def flops_per_token(model_dir: Path) -> float:
+    """Model FLOPs of one real token's forward and backward pass (PaLM's appendix B): 6
+    per weight of the layers, plus 12 x layers x width x its sequence's length for
+    attention, that length averaged over MRPC's tokens (sum of squares over sum)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(model_dir))
+    width, layers = cfg.hidden_size, cfg.num_hidden_layers
+    weights = layers * (4 * width * width + 2 * width * cfg.intermediate_size)
+    lengths = train_lengths()
+    per_token_length = sum(n * n for n in lengths) / sum(lengths)
+    return 6 * weights + 12 * layers * width * per_token_length
+
+
+def matmul_peak(device: str) -> tuple[float, str]:
+    """FLOP/s of a plain `torch.matmul` loop on `device` (bf16 on a GPU or an AMX CPU,
+    else fp32), and what was measured."""
+    import time
+
+    import torch
+
+    dtype = torch.bfloat16 if device == "cuda" or cpu_has_amx() else torch.float32
+    n, reps = (8192, 50) if device == "cuda" else (2048, 10)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(3):
+        a @ b
+    sync()
+    began = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    rate = 2 * n**3 * reps / (time.perf_counter() - began)
+    return rate, f"{str(dtype).removeprefix('torch.')} {n}x{n} torch.matmul on {device}"
+
+
+Run = Callable[[int], tuple[float, tuple[float, float]]]  # seed -> samples/s, (acc, F1)
+
+# How each column orders its batches (for the padding column).
+BATCHING = {
+    "recipe (Trainer, fp32)": "random",
+    "tuned Trainer": "grouped",
+    "ours, paddingFree false": "random",
+    "ours, groupByLength true": "windows",
+    "ours, precision fp32": "random",
+    "ours (default: 1 process)": "random",
+    "ours, processesPerNode 2": "two-ranks",
+}
 
 # Short names for --only.
 KEYS = {
@@ -229,7 +321,7 @@ KEYS = {
 }
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="a fixed number of steps (default)")
@@ -246,62 +338,101 @@ def main() -> None:
         help="(--full) leave the recipe out: its accuracy per seed is reproducible "
         "(bench/mrpc_reference.py), so a rerun of ours need not repeat it; no ratio column",
     )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where every column trains (default: cuda when a GPU is visible, else cpu)",
+    )
+    parser.add_argument(
+        "--model",
+        choices=["minilm", "bert-base"],
+        help="all-MiniLM-L6-v2, or a BERT-base-sized model of random weights "
+        "(default: bert-base on a GPU, minilm on the CPU)",
+    )
     args = parser.parse_args()
-    steps = None if args.full else args.steps
-    runs: dict[str, Callable[[int], tuple[float, tuple[float, float]]]] = {
-        "recipe (Trainer, fp32)": lambda s: hf_trainer(False, steps, s),
-        "tuned Trainer": lambda s: hf_trainer(True, steps, s),
-        "ours, paddingFree false": lambda s: ours(None, steps, s, packed=False),
-        "ours, groupByLength true": lambda s: ours(None, steps, s, grouped=True),
-        "ours, precision fp32": lambda s: ours(None, steps, s, precision="fp32"),
-        "ours (default: 1 process)": lambda s: ours(None, steps, s),
-        "ours, processesPerNode 2": lambda s: ours(2, steps, s),
-    }
-    batching = {
-        "recipe (Trainer, fp32)": "random",
-        "tuned Trainer": "grouped",
-        "ours, paddingFree false": "random",
-        "ours, groupByLength true": "windows",
-        "ours, precision fp32": "random",
-        "ours (default: 1 process)": "random",
-        "ours, processesPerNode 2": "two-ranks",
-    }
     if args.only:
         unknown = set(args.only) - set(KEYS.values())
         if unknown:
             parser.error(f"--only: unknown {sorted(unknown)}; choose from {list(KEYS.values())}")
+    if args.no_recipe and not args.full:
+        parser.error("--no-recipe: only with --full (--quick needs the recipe for its ratios)")
+    return args
+
+
+def columns(setup: Setup, args: argparse.Namespace) -> dict[str, Run]:
+    steps = None if args.full else args.steps
+    runs: dict[str, Run] = {
+        "recipe (Trainer, fp32)": lambda s: hf_trainer(setup, False, steps, s),
+        "tuned Trainer": lambda s: hf_trainer(setup, True, steps, s),
+        "ours, paddingFree false": lambda s: ours(setup, None, steps, s, packed=False),
+        "ours, groupByLength true": lambda s: ours(setup, None, steps, s, grouped=True),
+        "ours, precision fp32": lambda s: ours(setup, None, steps, s, precision="fp32"),
+        "ours (default: 1 process)": lambda s: ours(setup, None, steps, s),
+        "ours, processesPerNode 2": lambda s: ours(setup, 2, steps, s),
+    }
+    if args.only:
         runs = {n: f for n, f in runs.items() if KEYS[n] in {*args.only, "recipe"}}
     if args.no_recipe:
-        if not args.full:
-            parser.error("--no-recipe: only with --full (--quick needs the recipe for its ratios)")
         runs = {n: f for n, f in runs.items() if KEYS[n] != "recipe"}
+    return runs
+
+
+def main() -> None:
+    import torch
+
+    args = arguments()
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = args.model or ("bert-base" if device == "cuda" else "minilm")
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = bert_base(Path(tmp)) if model == "bert-base" else minilm_dir()
+        setup = Setup(model_dir, device)
+        peak, measured = matmul_peak(device)
+        runs = columns(setup, args)
+        seeds = args.seeds if args.full else [42] * args.rounds
+        results = measure(runs, seeds)
+        per_token = flops_per_token(model_dir)
+    steps = "3 epochs" if args.full else args.steps
+    print(f"\n{model} on {device}; CPU bf16 in hardware: {cpu_has_bf16()}, AMX: "
+          f"{cpu_has_amx()}; steps: {steps}; runs per column: {len(seeds)}; peak "
+          f"{peak / 1e12:.2f} TFLOP/s ({measured}); {per_token / 1e9:.3f} GFLOP "
+          "per real token\n")  # fmt: skip
+    report(results, setup, peak / per_token, args.full)
+
+
+def measure(runs: dict[str, Run], seeds: list[int]) -> dict[str, Result]:
+    """Each column once per seed, alternating which goes first."""
     results = {name: Result() for name in runs}
-    seeds = args.seeds if args.full else [42] * args.rounds
     for i, seed in enumerate(seeds):
-        names = list(runs) if i % 2 == 0 else list(reversed(runs))
-        for name in names:
+        for name in list(runs) if i % 2 == 0 else list(reversed(runs)):
             rate, scores = runs[name](seed)
             results[name].samples_per_s.append(rate)
             results[name].scores.append(scores)
             print(f"# round {i + 1} seed {seed}: {name}: {rate:.1f} samples/s {scores}", flush=True)
+    return results
+
+
+def report(results: dict[str, Result], setup: Setup, peak_tokens: float, full: bool) -> None:
+    """The Markdown table; `peak_tokens`: real tokens/s at the measured peak."""
     recipe = results.get("recipe (Trainer, fp32)")
     base = statistics.mean(recipe.samples_per_s) if recipe else None
-    print(f"\nCPU bf16 in hardware: {cpu_has_bf16()}, AMX: {cpu_has_amx()}; "
-          f"steps: {steps or '3 epochs'}; runs per column: {len(seeds)}\n")  # fmt: skip
-    head = "| run | samples/s | real tokens/s | padding | vs recipe |"
-    if args.full:
+    head = "| run | samples/s | real tokens/s | padding | vs recipe | MFU |"
+    if full:
         head += " dev accuracy | dev F1 |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for name, res in results.items():
-        mean_tokens, padded, in_attention = padding(batching[name])
+        mean_tokens, padded, in_attention = padding(BATCHING[name], setup.device)
         rate = statistics.mean(res.samples_per_s)
         pads = f"{padded:.0%}"
         if name.startswith("ours") and name != "ours, paddingFree false":
             pads = f"none ({in_attention:.0%} in attention)"
         row = (f"| {name} | {rate:.1f} | {rate * mean_tokens:.0f} | {pads} | "
-               f"{f'{rate / base:.2f}x' if base else '-'} |")  # fmt: skip
-        if args.full:
+               f"{f'{rate / base:.2f}x' if base else '-'} | "
+               f"{rate * mean_tokens / peak_tokens:.1%} |")  # fmt: skip
+        if full:
             acc = statistics.mean(a for a, _ in res.scores)
             f1 = statistics.mean(f for _, f in res.scores)
             row += f" {acc:.4f} | {f1:.4f} |"
