@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import os
 import re
 import signal
@@ -53,7 +52,7 @@ sys.path[:0] = [str(ROOT / "tests" / "cluster"), str(ROOT / "tests"), str(ROOT /
 
 import mrpc_reference  # noqa: E402
 
-from finetune_trainer.precision import cpu_has_amx, cpu_has_bf16  # noqa: E402
+from finetune_trainer.precision import cpu_has_amx, cpu_has_bf16, mixed_precision  # noqa: E402
 from trainer_support import minilm_dir, mrpc_dataset  # noqa: E402
 
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -84,7 +83,7 @@ def hf_trainer(
     if tuned:
         tuning = {
             "train_sampling_strategy": "group_by_length",  # transformers 5 (was group_by_length)
-            "bf16": setup.device == "cuda" or cpu_has_amx(),
+            "bf16": auto_bf16(setup.device),
             "dataloader_num_workers": 1,
         }
     on_cpu = setup.device == "cpu"
@@ -241,8 +240,7 @@ def in_calls(batch: list[int], device: str) -> int:
     from finetune_trainer import packing
 
     lengths = [train_lengths()[i] for i in batch]
-    cost = packing.CPU_CALL_COST if device == "cpu" else math.inf
-    groups = packing._plan(lengths, cost)
+    groups = packing._plan(lengths, packing.device_call_cost(device))
     return sum(len(g) * max(lengths[e] for e in g) for g in groups)
 
 
@@ -274,14 +272,24 @@ def flops_per_token(model_dir: Path) -> float:
     return 6 * weights + 12 * layers * width * per_token_length
 
 
+def auto_bf16(device: str) -> bool:
+    """Whether our `precision: auto` trains in bf16 on `device`: the rule the tuned
+    Trainer and the matmul peak follow too."""
+    import torch
+
+    gpu_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    mode = mixed_precision("auto", device == "cuda", gpu_bf16, cpu_has_bf16(), cpu_has_amx())
+    return mode == "bf16"
+
+
 def matmul_peak(device: str) -> tuple[float, str]:
-    """FLOP/s of a plain `torch.matmul` loop on `device` (bf16 on a GPU or an AMX CPU,
-    else fp32), and what was measured."""
+    """FLOP/s of a plain `torch.matmul` loop on `device` (bf16 where `precision: auto`
+    picks it, else fp32), and what was measured."""
     import time
 
     import torch
 
-    dtype = torch.bfloat16 if device == "cuda" or cpu_has_amx() else torch.float32
+    dtype = torch.bfloat16 if auto_bf16(device) else torch.float32
     n, reps = (8192, 50) if device == "cuda" else (2048, 10)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)

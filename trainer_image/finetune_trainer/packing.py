@@ -64,6 +64,11 @@ def supports(model: Any) -> bool:
 CPU_CALL_COST = 400.0
 
 
+def device_call_cost(device_type: str) -> float:
+    """The cost of one more attention call on this kind of device."""
+    return CPU_CALL_COST if device_type == "cpu" else math.inf
+
+
 @dataclass(frozen=True)
 class Packer:
     """Packs a tokenizer's padded batches for one model (its head count) on one
@@ -96,8 +101,7 @@ def enable(model: Any, device_type: str = "cpu") -> Packer | None:
     if _reads_first_tokens(model):
         last = model.base_model.encoder.layer[-1]
         last.forward = types.MethodType(_first_tokens_layer, last)
-    cost = CPU_CALL_COST if device_type == "cpu" else math.inf
-    return Packer(model.config.num_attention_heads, cost)
+    return Packer(model.config.num_attention_heads, device_call_cost(device_type))
 
 
 def pack(
